@@ -1,0 +1,31 @@
+"""IDEmbedding save/load."""
+
+import pytest
+import torch
+from conftest import import_pack
+
+import_pack()
+from comfyui_pulid_flux.pulid.embedding import IDEmbedding  # noqa: E402
+
+
+def test_roundtrip(tmp_path):
+    e = IDEmbedding(tokens=torch.randn(2, 32, 16), uncond=torch.randn(1, 32, 16), meta={"refs": "3"})
+    e.save(tmp_path / "me.safetensors")
+    back = IDEmbedding.load(tmp_path / "me.safetensors")
+    assert torch.equal(back.tokens, e.tokens) and torch.equal(back.uncond, e.uncond)
+    assert back.meta == {"refs": "3"} and back.id_dim == 16
+
+
+def test_rejects_bad_shapes_and_files(tmp_path):
+    with pytest.raises(ValueError, match=r"\(N, tokens, id_dim\)"):
+        IDEmbedding(tokens=torch.randn(32, 16))
+    with pytest.raises(ValueError, match="does not match"):
+        IDEmbedding(tokens=torch.randn(1, 32, 16), uncond=torch.randn(1, 32, 8))
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a PuLID-Flux ID file.*Save ID"):
+        IDEmbedding.load(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"xx")
+    with pytest.raises(ValueError, match="not a readable saved ID"):
+        IDEmbedding.load(tmp_path / "junk.safetensors")
