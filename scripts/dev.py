@@ -71,9 +71,9 @@ def find_comfyui(version: str, clone: bool = True) -> Path | None:
 
 
 def _stamp(files: list[Path]) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(" ".join(TORCH).encode())
     for f in files:
-        h.update(str(f).encode())
+        h.update(f.name.encode())
         h.update(f.read_bytes() if f.is_file() else b"-")
     return h.hexdigest()
 
