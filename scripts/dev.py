@@ -63,7 +63,7 @@ def find_comfyui(version: str, clone: bool = True) -> Path | None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         run(["git", "clone", "--quiet", "--depth", "1", "--branch", f"v{version}", COMFYUI_GIT, dest],
-            timeout=120, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+            timeout=60, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
     except (subprocess.SubprocessError, OSError) as e:
         log.warning("could not clone ComfyUI v%s (%s); its tests will skip", version, e)
         return None
