@@ -1,0 +1,107 @@
+"""EVA02-CLIP vision tower: timm's ``Eva`` trunk plus the five PuLID hidden-state taps (spec §b.2-b.4).
+
+``EvaVisionTower.forward(x)`` returns ``(pooled, hidden)``: ``pooled`` = head(norm(x)[:, 0]) (B, embed_dim)
+and ``hidden`` = the residual stream entering blocks 4, 8, 12, 16, 20, raw, cls token included,
+5 x (B, 1 + grid², width). The trunk is built through timm's public ``create_model`` (the registered
+``eva02_large_patch14_clip_336`` with size overrides), with fused SDPA attention forced on.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import require
+from .config import EVA02_CLIP_L_336, EvaVisionConfig
+
+log = logging.getLogger(__name__)
+
+TIMM_MODEL_NAME = "eva02_large_patch14_clip_336"  # timm/models/eva.py; open_clip EVA02-L-14-336 uses it too
+
+
+def _create_trunk(config: EvaVisionConfig) -> nn.Module:
+    timm = require("timm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return timm.create_model(TIMM_MODEL_NAME, pretrained=False, **config.timm_kwargs())
+
+
+def _init_non_persistent_buffers(module: nn.Module) -> None:
+    for m in module.modules():
+        init = getattr(m, "init_non_persistent_buffers", None)
+        if callable(init):
+            init()
+
+
+class EvaVisionTower(nn.Module):
+    """The vision tower. Build with ``EvaVisionTower(config)`` (random init) or ``load_eva_clip(path)``."""
+
+    def __init__(self, config: EvaVisionConfig = EVA02_CLIP_L_336, *, device=None, dtype=None, trunk=None):
+        super().__init__()
+        self.config = config
+        self.trunk = trunk if trunk is not None else _create_trunk(config)
+        self._force_sdpa()
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+        self.eval()
+
+    @classmethod
+    def empty(cls, config: EvaVisionConfig = EVA02_CLIP_L_336) -> EvaVisionTower:
+        """A tower whose parameters live on the meta device (no allocation, no init); RoPE caches are real.
+
+        Use ``load_state_dict(sd, assign=True)`` to give it weights (``checkpoint.load_eva_clip`` does).
+        """
+        with torch.device("meta"):
+            trunk = _create_trunk(config)
+        tower = cls(config, trunk=trunk)
+        # Non-persistent buffers (RoPE bands / sin-cos cache) are not in any checkpoint: compute them on CPU.
+        for mod in tower.modules():
+            for name, buf in list(mod.named_buffers(recurse=False)):
+                if buf.is_meta:
+                    mod.register_buffer(name, torch.empty(buf.shape, dtype=buf.dtype), persistent=False)
+        _init_non_persistent_buffers(tower)
+        return tower
+
+    def _force_sdpa(self) -> None:
+        """timm picks SDPA via its env / config switch; PuLID always wants F.scaled_dot_product_attention."""
+        n = 0
+        for blk in self.trunk.blocks:
+            if hasattr(blk.attn, "fused_attn"):
+                blk.attn.fused_attn = True
+                n += 1
+        if n != len(self.trunk.blocks):
+            raise RuntimeError(f"timm Eva attention without a fused_attn switch ({n}/{len(self.trunk.blocks)} blocks)")
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.trunk.patch_embed.proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.trunk.patch_embed.proj.weight.device
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # x: (B, 3, S, S) normalised with the OpenAI CLIP mean/std
+        taps: dict[int, torch.Tensor] = {}
+        handles = []
+        for idx in self.config.tap_blocks:
+
+            def hook(_module, args, kwargs, _idx=idx):
+                taps[_idx] = args[0] if args else kwargs["x"]  # (B, 1 + grid², width), entering block _idx
+
+            handles.append(self.trunk.blocks[idx].register_forward_pre_hook(hook, with_kwargs=True))
+        try:
+            feats = self.trunk.forward_features(x)  # (B, L, width) after the final norm
+            pooled = self.trunk.forward_head(feats)  # (B, embed_dim): head(norm(x)[:, 0])
+        finally:
+            for h in handles:
+                h.remove()
+        hidden = [taps[i] for i in self.config.tap_blocks]  # 5 x (B, 1 + grid², width)
+        return pooled, hidden

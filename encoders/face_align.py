@@ -1,0 +1,146 @@
+"""facexlib: 5-point FFHQ alignment to 512x512 and BiSeNet face parsing (spec §a.2-a.3).
+
+``load_face_aligner(folder)`` loads facexlib's RetinaFace-ResNet50 detector (only needed for the
+official ``facexlib`` alignment source) and BiSeNet from ``folder`` (facexlib's ``model_rootpath``; no
+download). The alignment is the one of facexlib's ``FaceRestoreHelper`` (``get_face_landmarks_5(
+only_center_face=True)`` + ``align_warp_face``): detection at threshold 0.97, the face closest to the
+image centre, LMEDS similarity onto the FFHQ-512 template, constant gray border. ParseNet, which that
+helper also loads but PuLID never uses, is not needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+import weakref
+
+import numpy as np
+import torch
+
+from .errors import ModelFilesError, require
+
+log = logging.getLogger(__name__)
+
+DETECTION_FILE = "detection_Resnet50_Final.pth"  # facexlib init_detection_model('retinaface_resnet50')
+PARSING_FILE = "parsing_bisenet.pth"  # facexlib init_parsing_model('bisenet')
+FACEXLIB_SOURCE = {
+    DETECTION_FILE: "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
+    PARSING_FILE: "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",
+}
+ALIGN_SIZE = 512  # FaceRestoreHelper(face_size=512) (pipeline_flux.py:47-54)
+# FFHQ 5-point template for 512 px (facexlib face_restoration_helper.py:73-75): eyes, nose, mouth corners.
+FFHQ_TEMPLATE_512 = np.array(
+    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043],
+     [313.08905, 371.15118]],
+    np.float64,
+)
+ALIGN_BORDER_VALUE = (135, 133, 132)  # warpAffine borderValue in align_warp_face (gray, BGR)
+FACEXLIB_DET_THRESHOLD = 0.97  # get_face_landmarks_5: detect_faces(img, 0.97)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # parsing input normalisation (pipeline_flux.py:163)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_lock = threading.Lock()
+
+
+def _check_files(folder: str, need_detector: bool) -> None:
+    wanted = [PARSING_FILE] + ([DETECTION_FILE] if need_detector else [])
+    if not os.path.isdir(folder):
+        missing = wanted
+    else:
+        missing = [f for f in wanted if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        where = "; ".join(f"{f} from {FACEXLIB_SOURCE[f]}" for f in missing)
+        raise ModelFilesError(f"facexlib folder {folder!r} lacks {', '.join(missing)}: put {where} there")
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 'pretrained' deprecation inside facexlib's RetinaFace
+        return fn(*args, **kwargs)
+
+
+class FaceAligner:
+    """facexlib detector (lazy) + BiSeNet. Build with ``load_face_aligner``."""
+
+    def __init__(self, folder: str, device: torch.device | str = "cpu"):
+        self.folder = folder
+        self.device = torch.device(device)
+        parsing = require("facexlib.parsing", "facexlib")
+        self.parser = _quiet(parsing.init_parsing_model, "bisenet", device=self.device, model_rootpath=folder)
+        self._detector = None
+        self._det_lock = threading.Lock()
+
+    @property
+    def detector(self):
+        """facexlib RetinaFace-ResNet50, loaded on first use (only the ``facexlib`` alignment source needs it)."""
+        if self._detector is None:
+            with self._det_lock:
+                if self._detector is None:
+                    _check_files(self.folder, need_detector=True)
+                    detection = require("facexlib.detection", "facexlib")
+                    self._detector = _quiet(
+                        detection.init_detection_model, "retinaface_resnet50", half=False, device=self.device,
+                        model_rootpath=self.folder,
+                    )
+        return self._detector
+
+    def detect_landmarks(self, bgr: np.ndarray) -> np.ndarray | None:
+        """facexlib's choice: faces at confidence >= 0.97, the one whose bbox centre is nearest the image centre.
+
+        Returns its 5 landmarks (5, 2) in image pixels, or None when no face passes the threshold.
+        """
+        from facexlib.utils.face_restoration_helper import get_center_face
+
+        with torch.no_grad():
+            dets = np.asarray(self.detector.detect_faces(bgr, FACEXLIB_DET_THRESHOLD))  # (n, 15): box, score, 5 pts
+        if dets.ndim != 2 or dets.shape[0] == 0:
+            return None
+        h, w = bgr.shape[:2]
+        _, idx = get_center_face([d[0:5] for d in dets], h, w)
+        return np.asarray(dets[idx, 5:15], np.float64).reshape(5, 2)
+
+    @staticmethod
+    def align(bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """facexlib align_warp_face: similarity (LMEDS) onto the FFHQ template -> (512, 512, 3) BGR uint8."""
+        cv2 = require("cv2", "opencv-python")
+        lmk = np.asarray(landmarks, np.float64).reshape(5, 2)
+        matrix = cv2.estimateAffinePartial2D(lmk, FFHQ_TEMPLATE_512, method=cv2.LMEDS)[0]
+        if matrix is None or not np.isfinite(matrix).all():
+            raise ValueError(f"cannot align a face from landmarks {lmk.round(1).tolist()}")
+        return cv2.warpAffine(
+            bgr, matrix, (ALIGN_SIZE, ALIGN_SIZE), borderMode=cv2.BORDER_CONSTANT, borderValue=ALIGN_BORDER_VALUE
+        )
+
+    def parse(self, aligned_bgr: np.ndarray) -> torch.Tensor:
+        """BiSeNet labels of the aligned face: (512, 512) int64 on the CPU (19 CelebAMask-HQ classes)."""
+        rgb = torch.from_numpy(np.ascontiguousarray(aligned_bgr[:, :, ::-1])).permute(2, 0, 1).float() / 255.0
+        x = rgb.unsqueeze(0).to(self.device)  # (1, 3, 512, 512) in [0, 1]
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        with torch.no_grad():
+            logits = self.parser((x - mean) / std)[0]  # (1, 19, 512, 512) main head
+        return logits.argmax(dim=1)[0].cpu()  # (512, 512)
+
+
+def load_face_aligner(
+    folder: str | os.PathLike, *, device: torch.device | str = "cpu", need_detector: bool = True
+) -> FaceAligner:
+    """facexlib models from ``folder`` (files checked first; nothing is downloaded).
+
+    ``need_detector=False`` allows a folder without detection_Resnet50_Final.pth when only the
+    ``insightface`` alignment source is used. Shared while alive (same folder + device = same object).
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    _check_files(folder, need_detector)
+    key = (os.path.realpath(folder), str(torch.device(device)))
+    with _lock:
+        hit = _cache.get(key)
+        if hit is None:
+            hit = FaceAligner(folder, device)
+            _cache[key] = hit
+    if need_detector:
+        hit.detector  # noqa: B018 - load now so that a broken file fails at load time, not mid-encode
+    return hit

@@ -1,0 +1,229 @@
+"""EVA02-CLIP vision tower: golden parity with the official eva_clip tower, key mapping, loading errors.
+
+Golden tests take every size from the eva_visual sidecar and load its weights (official eva_clip key
+layout) through the production loader and key mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import GOLDEN_DIR, import_pack, rel_l2
+
+import_pack()
+from _tiny_faces import cached, make_tiny_eva_checkpoint, tiny_eva_config  # noqa: E402
+
+from comfyui_pulid_flux.encoders import EvaCheckpointError, ModelFilesError  # noqa: E402
+from comfyui_pulid_flux.encoders.eva_clip import (  # noqa: E402
+    EVA02_CLIP_L_336,
+    EvaVisionConfig,
+    EvaVisionTower,
+    load_eva_clip,
+    official_to_open_clip_key,
+    read_state_dict,
+)
+
+EVA_ATOL, EVA_RTOL = 1e-4, 1e-5  # spec §7: EVA hidden states reach ~20 in magnitude
+BF16_REL_L2 = 3e-2  # spec §8
+
+
+def golden_tower(g, dtype=torch.float32) -> EvaVisionTower:
+    cfg = EvaVisionConfig.from_eva_clip_model_config(g.meta["model_config"])
+    return load_eva_clip(GOLDEN_DIR / g.meta["weights_file"], config=cfg, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def tower32(golden):
+    return golden_tower(golden("eva_visual"))
+
+
+def test_config_from_sidecar_matches_derived(golden):
+    g = golden("eva_visual")
+    cfg = EvaVisionConfig.from_eva_clip_model_config(g.meta["model_config"])
+    d = g.meta["derived"]
+    assert cfg.num_heads == d["num_heads"] and cfg.head_dim == d["head_dim"]
+    assert cfg.mlp_hidden == d["mlp_hidden"] and cfg.num_tokens == d["tokens"]
+    full = EvaVisionConfig.from_eva_clip_model_config(g.meta["official_full_config"])
+    assert full == EVA02_CLIP_L_336
+    assert full.num_tokens == 577 and full.mlp_hidden == 2730
+
+
+@torch.no_grad()
+def test_eva_visual_golden_parity(golden, tower32):
+    g = golden("eva_visual")
+    tower = tower32
+    pooled, hidden = tower(g.io["in.image"])
+    torch.testing.assert_close(pooled, g.io["out.pooled"], atol=EVA_ATOL, rtol=EVA_RTOL)
+    l2 = pooled / torch.norm(pooled, 2, dim=1, keepdim=True)
+    torch.testing.assert_close(l2, g.io["out.pooled_l2"], atol=1e-6, rtol=1e-5)
+    ref_hidden = g.seq("out.hidden")
+    assert len(hidden) == len(ref_hidden) == 5
+    for k, (h, ref) in enumerate(zip(hidden, ref_hidden)):
+        assert h.shape == ref.shape, k
+        torch.testing.assert_close(h, ref, atol=EVA_ATOL, rtol=EVA_RTOL, msg=f"hidden tap {k}")
+
+
+@torch.no_grad()
+def test_eva_rope_is_the_interpolated_official_grid(golden, tower32):
+    """timm's RoPE cache = the official freqs_cos/sin buffers (grid 6 interpolated onto pt_hw_seq_len 4)."""
+    g = golden("eva_visual")
+    tower = tower32
+    sin, cos = tower.trunk.rope.get_embed().chunk(2, dim=-1)  # timm RotaryEmbeddingCat: [sin, cos]
+    torch.testing.assert_close(cos, g.io["out.rope_freqs_cos"], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(sin, g.io["out.rope_freqs_sin"], atol=1e-6, rtol=1e-6)
+
+
+@torch.no_grad()
+def test_eva_last_block_and_bf16(golden, tower32):
+    g = golden("eva_visual")
+    tower = tower32
+    last = {}
+    h = tower.trunk.blocks[-1].register_forward_hook(lambda m, a, out: last.setdefault("x", out))
+    tower(g.io["in.image"])
+    h.remove()
+    torch.testing.assert_close(last["x"], g.io["out.tokens_last_block_raw"], atol=EVA_ATOL, rtol=EVA_RTOL)
+    bf = golden_tower(g, dtype=torch.bfloat16)
+    pooled, hidden = bf(g.io["in.image"].bfloat16())
+    assert pooled.dtype == torch.bfloat16
+    assert rel_l2(g.io["out.pooled"], pooled.float()) <= BF16_REL_L2
+    assert rel_l2(g.io["out.hidden.4"], hidden[4].float()) <= BF16_REL_L2
+
+
+def test_tower_uses_sdpa(golden, tower32, monkeypatch):
+    g = golden("eva_visual")
+    tower = tower32
+    assert all(blk.attn.fused_attn for blk in tower.trunk.blocks)
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    with torch.no_grad():
+        tower(g.io["in.image"][:1])
+    assert len(calls) == tower.config.depth
+
+
+def test_key_mapping_matches_official_table():
+    table = json.loads((GOLDEN_DIR / "eva02_L336_official_to_openclip_keys.json").read_text())
+    mapping = table["mapping"]
+    assert len(mapping) == table["official_visual_keys"]
+    for official, open_clip in mapping.items():
+        assert official_to_open_clip_key(official) == open_clip, official
+    assert sum(v is None for v in mapping.values()) == table["num_dropped"]
+
+
+def test_full_size_tower_keys_equal_mapped_official_keys():
+    """The full EVA02-L-336 tower, built on the meta device (no 1.2 GB allocation), has exactly the mapped keys."""
+    table = json.loads((GOLDEN_DIR / "eva02_L336_official_to_openclip_keys.json").read_text())
+    tower = EvaVisionTower.empty(EVA02_CLIP_L_336)
+    assert tower.trunk.patch_embed.proj.weight.is_meta
+    model_keys = {"visual.trunk." + k for k in tower.trunk.state_dict()}
+    mapped = {v for v in table["mapping"].values() if v is not None}
+    assert model_keys == mapped
+    assert len(model_keys) == table["open_clip_visual_keys"]
+    n_params = sum(p.numel() for p in tower.parameters())
+    assert n_params == 304_432_832  # spec §b.4: parameter count excluding rope buffers
+    assert tower.config.num_tokens == 577
+
+
+@pytest.mark.parametrize("layout,name", [("official", "eva.pt"), ("open_clip", "eva_oc.safetensors"),
+                                         ("timm", "eva_timm.safetensors")])
+def test_all_layouts_load_to_the_same_tower(layout, name):
+    ref = load_eva_clip(cached("eva_official.pt", make_tiny_eva_checkpoint))
+    path = cached(name, make_tiny_eva_checkpoint, layout=layout)
+    tower = load_eva_clip(path)
+    assert tower.config == tiny_eva_config()
+    x = torch.randn(2, 3, tower.image_size, tower.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        p0, h0 = ref(x)
+        p1, h1 = tower(x)
+    assert torch.equal(p0, p1) and all(torch.equal(a, b) for a, b in zip(h0, h1))
+    assert not any(p.requires_grad for p in tower.parameters())
+
+
+def _official_sd():
+    sd, _ = read_state_dict(cached("eva_official.pt", make_tiny_eva_checkpoint))
+    return sd
+
+
+def test_official_extras_are_dropped(tmp_path):
+    sd = _official_sd()
+    sd["visual.rope.freqs_cos"] = torch.zeros(16, 64)
+    sd["visual.blocks.0.attn.rope.freqs_sin"] = torch.zeros(16, 64)
+    sd["text.transformer.resblocks.0.attn.in_proj_weight"] = torch.zeros(8, 8)
+    sd["logit_scale"] = torch.tensor(4.6)
+    torch.save(sd, tmp_path / "with_text.pt")
+    tower = load_eva_clip(tmp_path / "with_text.pt", dtype=torch.bfloat16)
+    assert tower.dtype == torch.bfloat16
+
+
+def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
+    sd = _official_sd()
+    sd.pop("visual.blocks.3.mlp.w2.weight")
+    sd["visual.blocks.0.attn.extra_gate"] = torch.zeros(3)
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(EvaCheckpointError) as e:
+        load_eva_clip(tmp_path / "bad.pt")
+    msg = str(e.value)
+    assert "blocks.3.mlp.fc1_x.weight" in msg and "missing" in msg
+    assert "blocks.0.attn.extra_gate" in msg and "unexpected" in msg
+    sd = _official_sd()
+    sd["visual.blocks.5.attn.q_bias"] = torch.zeros(7)
+    torch.save(sd, tmp_path / "shape.pt")
+    with pytest.raises(EvaCheckpointError, match=r"blocks\.5\.attn\.q_proj\.bias \(7,\) != \(64,\)"):
+        load_eva_clip(tmp_path / "shape.pt")
+
+
+def test_wrong_model_checkpoints(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"vision_model.encoder.layers.0.mlp.fc1.weight": torch.zeros(4, 4)}, tmp_path / "clip_l.safetensors")
+    with pytest.raises(EvaCheckpointError, match="HuggingFace CLIPVisionModel"):
+        load_eva_clip(tmp_path / "clip_l.safetensors")
+    torch.save({"pulid_encoder.latents": torch.zeros(1, 32, 8)}, tmp_path / "pulid.pt")
+    with pytest.raises(EvaCheckpointError, match="PuLID checkpoint"):
+        load_eva_clip(tmp_path / "pulid.pt")
+    # a real EVA02 tower, but not the size PuLID needs
+    with pytest.raises(EvaCheckpointError, match=r"another model: image_size 56 \(needs 336\)"):
+        load_eva_clip(cached("eva_official.pt", make_tiny_eva_checkpoint), expected=EVA02_CLIP_L_336)
+
+
+def test_missing_empty_truncated_and_pickled_files(tmp_path):
+    with pytest.raises(ModelFilesError) as e:
+        load_eva_clip(tmp_path / "EVA02_CLIP_L_336_psz14_s6B.pt")
+    assert str(tmp_path) in str(e.value) and "EVA02_CLIP_L_336_psz14_s6B.pt" in str(e.value)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(EvaCheckpointError, match="empty"):
+        load_eva_clip(tmp_path / "empty.pt")
+    src = cached("eva_official.pt", make_tiny_eva_checkpoint)
+    data = open(src, "rb").read()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(EvaCheckpointError, match="truncated"):
+        load_eva_clip(tmp_path / "trunc.pt")
+    torch.save({"cfg": os.path.join}, tmp_path / "pickle.pt")  # a global function: refused by weights_only
+    with pytest.raises(EvaCheckpointError, match="weights-only"):
+        load_eva_clip(tmp_path / "pickle.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(EvaCheckpointError, match="safetensors"):
+        load_eva_clip(tmp_path / "junk.safetensors")
+
+
+@torch.no_grad()
+def test_safetensors_metadata_carries_the_heads(golden, tower32, tmp_path):
+    """A 3-head tower (not inferable from shapes) saved as open_clip safetensors reloads without a config."""
+    from comfyui_pulid_flux.encoders.eva_clip import save_eva_checkpoint
+
+    g = golden("eva_visual")
+    path = tmp_path / "golden_openclip.safetensors"
+    save_eva_checkpoint(tower32, path, layout="open_clip", dtype=torch.float32)
+    tower = load_eva_clip(path)
+    assert tower.config == tower32.config and tower.config.num_heads == g.meta["derived"]["num_heads"]
+    pooled, hidden = tower(g.io["in.image"])
+    torch.testing.assert_close(pooled, g.io["out.pooled"], atol=EVA_ATOL, rtol=EVA_RTOL)
+    torch.testing.assert_close(hidden[4], g.io["out.hidden.4"], atol=EVA_ATOL, rtol=EVA_RTOL)

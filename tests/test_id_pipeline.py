@@ -1,0 +1,161 @@
+"""Golden parity of the whole ID path (official PuLIDPipeline.get_id_embedding on stubbed detectors).
+
+The golden stubs the detectors and the parser; here the same stubs are injected into the PRODUCTION
+``encode_identity`` (image conversion, face choice, fallback, gray/white, resize, normalise, EVA taps,
+id_cond, ID encoder, uncond). Every size comes from the sidecars; the tiny EVA tower and IDFormer are the
+eva_visual / idformer goldens, loaded through the production loader and the pack's IDFormer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import GOLDEN_DIR, import_pack
+
+import_pack()
+from comfyui_pulid_flux.encoders import (  # noqa: E402
+    BG_LABELS,
+    DetectedFace,
+    EvaVisionConfig,
+    bg_mask,
+    encode_identity,
+    eva_input,
+    face_features_image,
+    load_eva_clip,
+)
+from comfyui_pulid_flux.pulid.encoder import IDFormer  # noqa: E402
+
+TIGHT = dict(atol=1e-6, rtol=1e-5)  # spec §7: bg_mask / eva_input / id_cond
+EVA = dict(atol=1e-4, rtol=1e-5)  # EVA hidden states
+IDF = dict(atol=1e-5, rtol=1e-4)  # IDFormer
+
+
+class StubAnalyzer:
+    """insightface stand-in returning the golden candidate faces (the official stub's app.get)."""
+
+    def __init__(self, bboxes, embeddings, fallback_feat):
+        self.faces = [DetectedFace(b.numpy(), None, 0.9, e.numpy()) for b, e in zip(bboxes, embeddings)]
+        self.fallback_feat = fallback_feat.numpy()
+        self.seen, self.fallback_inputs = [], []
+
+    def detect(self, bgr, det_sizes=None):
+        self.seen.append(bgr.copy())
+        return list(self.faces)
+
+    def embed_aligned(self, aligned_bgr):
+        self.fallback_inputs.append(aligned_bgr.copy())
+        return self.fallback_feat.reshape(-1)
+
+
+class StubAligner:
+    """facexlib stand-in yielding the golden aligned face and parsing labels (the official stub's face_helper)."""
+
+    def __init__(self, aligned_bgr, labels):
+        self.aligned, self.labels = aligned_bgr.numpy(), labels
+        self.seen = []
+
+    def detect_landmarks(self, bgr):
+        self.seen.append(bgr.copy())
+        return np.zeros((5, 2))
+
+    def align(self, bgr, landmarks):
+        return self.aligned.copy()
+
+    def parse(self, aligned_bgr):
+        assert np.array_equal(aligned_bgr, self.aligned)
+        return self.labels.clone()
+
+
+def build_idformer(g) -> IDFormer:
+    c = dict(g.meta["constructor"])
+    c.pop("class")
+    widths = g.meta.get("width_substitution", {})
+
+    def width(prefix: str, default: int) -> int:
+        return next((v for k, v in widths.items() if k.startswith(prefix)), default)
+
+    m = IDFormer(**c, id_in_dim=width("id_in_dim", 1280), vit_dim=width("vit_hidden_dim", 1024),
+                 mapping_hidden=width("mapping_hidden", 1024), num_vit_taps=len(g.seq("in.id_vit_hidden")))
+    m.load_state_dict(g.weights, strict=True)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def parts(golden):
+    p = golden("id_pipeline")
+    ev = golden("eva_visual")
+    eva = load_eva_clip(GOLDEN_DIR / ev.meta["weights_file"],
+                        config=EvaVisionConfig.from_eva_clip_model_config(ev.meta["model_config"]))
+    return p, eva, build_idformer(golden("idformer"))
+
+
+def _run(parts, *, no_insightface=False, antialias=True):
+    p, eva, idf = parts
+    io = p.io
+    analyzer = StubAnalyzer(io["in.face_bboxes"], io["in.face_embeddings"], io["in.fallback_feat"])
+    if no_insightface:
+        analyzer.faces = []
+    aligner = StubAligner(io["in.aligned_face_bgr"], io["in.parsing_labels"])
+    image = io["in.image_rgb"].float() / 255.0  # as a ComfyUI IMAGE (H, W, C) in [0, 1]
+    res = encode_identity(image[None], face_analyzer=analyzer, aligner=aligner, eva=eva, id_encoder=idf,
+                          uncond_encoder=lambda n: idf.uncond(n), antialias=antialias)
+    return res, analyzer, aligner
+
+
+def test_bg_labels_and_mask(parts):
+    p, _, _ = parts
+    assert sorted(BG_LABELS) == [0, 7, 8, 9, 14, 15, 16, 18]
+    mask = bg_mask(p.io["in.parsing_labels"])
+    assert torch.equal(mask.to(torch.uint8), p.io["out.bg_mask"])
+
+
+@pytest.mark.parametrize("antialias,key", [(True, "out.eva_input"), (False, "out.eva_input_antialias_false")])
+def test_eva_input(parts, antialias, key):
+    p, eva, _ = parts
+    feats = face_features_image(p.io["in.aligned_face_bgr"].numpy(), p.io["in.parsing_labels"])
+    x = eva_input(feats, eva.image_size, antialias=antialias)
+    assert x.shape == p.io[key].shape
+    torch.testing.assert_close(x, p.io[key], **TIGHT)
+
+
+def test_id_pipeline_golden(parts):
+    p, _, _ = parts
+    io = p.io
+    res, analyzer, aligner = _run(parts)
+    # the detectors got the official BGR image
+    bgr = io["in.image_rgb"].numpy()[:, :, ::-1]
+    assert np.array_equal(analyzer.seen[0], bgr) and np.array_equal(aligner.seen[0], bgr)
+    assert not analyzer.fallback_inputs
+    # official face choice: largest bbox area
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in io["in.face_bboxes"].tolist()]
+    assert res.info[0].face_index == int(np.argmax(areas)) and not res.info[0].used_fallback
+    ante_dim = io["in.face_embeddings"].shape[1]
+    torch.testing.assert_close(res.id_cond, io["out.id_cond"], **TIGHT)
+    torch.testing.assert_close(res.id_cond[:, ante_dim:], io["out.id_cond_vit_l2"], **TIGHT)
+    ref_hidden = p.seq("out.id_vit_hidden")
+    assert len(res.id_vit_hidden) == len(ref_hidden)
+    for k, (h, ref) in enumerate(zip(res.id_vit_hidden, ref_hidden)):
+        torch.testing.assert_close(h, ref, **EVA, msg=f"id_vit_hidden {k}")
+    torch.testing.assert_close(res.tokens, io["out.id_embedding"], **IDF)
+    torch.testing.assert_close(res.uncond, io["out.uncond_id_embedding"], **IDF)
+    # preview: the gray / white face at the aligned size, plain detached CPU tensors
+    assert res.faces.shape == (1, *io["in.aligned_face_bgr"].shape) and 0 <= res.faces.min() <= res.faces.max() <= 1
+    for t in [res.id_cond, res.tokens, res.uncond, res.faces, *res.id_vit_hidden]:
+        assert t.device.type == "cpu" and not t.requires_grad and t.dtype == torch.float32
+
+
+def test_id_pipeline_golden_antialias_false(parts):
+    p, _, _ = parts
+    res, _, _ = _run(parts, antialias=False)
+    torch.testing.assert_close(res.tokens, p.io["out.id_embedding_antialias_false"], **IDF)
+    assert res.meta["antialias"] == "False"
+
+
+def test_id_pipeline_golden_fallback(parts):
+    p, _, _ = parts
+    res, analyzer, _ = _run(parts, no_insightface=True)
+    assert np.array_equal(analyzer.fallback_inputs[0], p.io["in.aligned_face_bgr"].numpy())  # ArcFace on the crop
+    assert res.info[0].used_fallback and res.info[0].face_index is None and res.info[0].num_faces == 0
+    torch.testing.assert_close(res.id_cond, p.io["out.id_cond_fallback"], **TIGHT)
+    torch.testing.assert_close(res.tokens, p.io["out.id_embedding_fallback"], **IDF)
