@@ -1,6 +1,5 @@
-#!/usr/bin/env bash
-# The demo: sets up like the tests, starts ComfyUI with this pack, queues the basic workflow on a
-# public-domain face, saves the image and prints its path.  scripts/demo.sh [--models DIR]
-set -euo pipefail
-cd "$(dirname "$0")/.."
-exec python3 scripts/dev.py demo "$@"
+#!/bin/sh
+# The demo: one PuLID-Flux image through a real ComfyUI server (see scripts/demo.py).
+#   scripts/demo.sh                 tiny random-weight models (no downloads), CPU
+#   scripts/demo.sh --models DIR    real weights from a ComfyUI models folder (README table)
+exec python3 "$(dirname "$0")/dev.py" demo "$@"

@@ -30,9 +30,11 @@ VERSIONS = ("0.3.64", "0.33.0")
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 COMFYUI_GIT = "https://github.com/comfyanonymous/ComfyUI"
 CACHE = Path(os.environ.get("PULID_CACHE_DIR", Path.home() / ".cache" / "comfyui-pulid-flux"))
-# ComfyUI requirements we never install: torch is pinned above, and torchaudio has no wheel
-# matching torch 2.14.1 here (ComfyUI only loses its audio nodes without it).
+# ComfyUI requirements installed separately: torch/torchvision are pinned above; no torchaudio wheel is
+# built for torch 2.14.1, and ComfyUI >= 0.2x imports torchaudio in comfy.sd, so the newest one is
+# installed without its torch pin (measured: imports and resamples correctly beside torch 2.14.1).
 SKIP_COMFY_REQS = re.compile(r"^\s*(torch|torchvision|torchaudio)\s*($|[<>=!~;#])")
+TORCHAUDIO_NO_DEPS = "torchaudio==2.11.0"
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -71,7 +73,7 @@ def find_comfyui(version: str, clone: bool = True) -> Path | None:
 
 
 def _stamp(files: list[Path]) -> str:
-    h = hashlib.sha256(" ".join(TORCH).encode())
+    h = hashlib.sha256(" ".join((*TORCH, TORCHAUDIO_NO_DEPS)).encode())
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes() if f.is_file() else b"-")
@@ -98,6 +100,8 @@ def setup(version: str) -> tuple[Path, Path | None]:
         lines = [ln for ln in comfy_req.read_text().splitlines() if not SKIP_COMFY_REQS.match(ln)]
         filtered.write_text("\n".join(lines) + "\n")
         run(pip + ["-r", filtered] + list(TORCH))
+        if any(ln.strip().startswith("torchaudio") for ln in comfy_req.read_text().splitlines()):
+            run(pip + ["--no-deps", TORCHAUDIO_NO_DEPS])
     run(pip + ["-r", reqs[0], "-r", reqs[1]] + list(TORCH))
     stamp_file.write_text(stamp)
     return py, root

@@ -1,0 +1,33 @@
+"""ComfyUI glue (V3 schema): the node classes and the extension ComfyUI loads through ``comfy_entrypoint``."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import paths
+from .apply import ApplyPulidFluxID
+from .encode import EncodePulidFluxID
+from .id_io import LoadPulidFluxID, SavePulidFluxID
+from .loaders import EvaClipLoader, FaceAnalysisLoader, FacexlibLoader, PulidFluxModelLoader
+
+NODES: list[type[io.ComfyNode]] = [
+    PulidFluxModelLoader,
+    EvaClipLoader,
+    FaceAnalysisLoader,
+    FacexlibLoader,
+    EncodePulidFluxID,
+    ApplyPulidFluxID,
+    SavePulidFluxID,
+    LoadPulidFluxID,
+]
+
+paths.register()
+
+
+class PulidFluxIDExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> PulidFluxIDExtension:
+    return PulidFluxIDExtension()

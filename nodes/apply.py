@@ -1,0 +1,57 @@
+"""Apply PuLID-Flux: MODEL + PuLID model + ID → a patched MODEL clone (pulid/patch.py does the work)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..pulid.patch import apply_pulid_flux
+from .types import CATEGORY, Identity, PulidModel
+
+UNCOND_MODES = ["uncond_id", "none", "same"]  # pulid/patch.py: what the true-CFG negative rows receive
+
+
+class ApplyPulidFluxID(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PuLIDFluxID_Apply",
+            display_name="Apply PuLID-Flux ID",
+            category=CATEGORY,
+            description="Adds the identity to a Flux.1 model through ComfyUI's block-replace patches, on a clone "
+                        "(the input MODEL is left untouched). Chain two of them with masks for two people.",
+            inputs=[
+                io.Model.Input("model", tooltip="A Flux.1 (dev / Krea-dev) diffusion model."),
+                PulidModel.Input("pulid", tooltip="From 'Load PuLID-Flux Model'; must be the model the ID was "
+                                                  "encoded with."),
+                Identity.Input("identity", tooltip="From 'Encode PuLID-Flux ID' or 'Load PuLID-Flux ID'."),
+                io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
+                               tooltip="Strength of the identity. 0 returns the model unchanged; the official "
+                                       "demo uses 0-3 (1 is the default)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule at which the ID starts (0 = first step); read "
+                                       "from the sampling schedule in force, ModelSamplingFlux included."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule after which the ID stops (1 = last step)."),
+                io.Int.Input("start_step", default=0, min=0, max=10000,
+                             tooltip="The official 'timestep to start inserting ID': no ID before this step "
+                                     "index. Raise it (e.g. 4 of 20) for more pose/style freedom."),
+                io.Combo.Input("uncond_mode", options=UNCOND_MODES, default="uncond_id",
+                               tooltip="With true CFG (cfg > 1 and a negative prompt): what the negative branch "
+                                       "gets. uncond_id = the ID encoder run on zeros (official); none = no ID; "
+                                       "same = the ID as well. Fake CFG (cfg 1) is unaffected."),
+                io.Mask.Input("attn_mask", optional=True,
+                              tooltip="Optional MASK: the ID only acts where the mask is > 0 (any resolution; "
+                                      "one mask or one per latent batch item)."),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL")],
+        )
+
+    @classmethod
+    def execute(cls, model, pulid, identity, weight, start_percent, end_percent, start_step, uncond_mode,
+                attn_mask=None) -> io.NodeOutput:
+        if weight == 0:
+            return io.NodeOutput(model)
+        patched = apply_pulid_flux(model, pulid, identity, weight=weight, start_percent=start_percent,
+                                   end_percent=end_percent, start_step=start_step, uncond_mode=uncond_mode,
+                                   mask=attn_mask)
+        return io.NodeOutput(patched)

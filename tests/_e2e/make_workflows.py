@@ -1,0 +1,164 @@
+"""Regenerate ``workflows/*.json`` (+ ``.jpg`` thumbnails) from ``workflow_specs.py``.
+
+    python tests/_e2e/make_workflows.py [--comfyui /opt/comfyui/ComfyUI-0.3.64] [--chromium /usr/bin/chromium]
+
+Starts a ComfyUI server with the pack, builds each UI workflow from ``/object_info``, loads it into the
+real frontend (headless Chromium over the DevTools protocol), and writes what the frontend serialises
+(``app.graphToPrompt().workflow``, i.e. what "Save" writes). It also checks that the frontend's API
+prompt equals ``ui_to_api.convert`` of that workflow. Without Chromium (``--no-frontend``) the builder's
+own UI JSON is written. A developer tool: the tests never run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from _e2e import ui_to_api, workflow_specs  # noqa: E402
+from _e2e.pack_models import model_paths_yaml_sections  # noqa: E402
+from _e2e.server import PACK_DIR_NAME, ComfyServer, free_port  # noqa: E402
+
+log = logging.getLogger("make_workflows")
+PACK = HERE.parent.parent
+OUT = PACK / "workflows"
+
+JS = """(async () => {
+  const data = %s;
+  await app.loadGraphData(data, true, true, null, {showMissingNodesDialog: false, showMissingModelsDialog: false});
+  await new Promise(r => setTimeout(r, 300));
+  const p = await app.graphToPrompt();
+  return JSON.stringify({workflow: p.workflow, output: p.output});
+})()"""
+
+
+async def frontend_roundtrip(comfy_url: str, debug_port: int, items: dict[str, dict]) -> dict[str, dict]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        t0 = time.perf_counter()
+        while True:
+            try:
+                async with s.get(f"http://127.0.0.1:{debug_port}/json/list") as r:
+                    pages = [p for p in await r.json() if p.get("type") == "page"]
+                if pages:
+                    break
+            except aiohttp.ClientError:
+                pass
+            if time.perf_counter() - t0 > 30:
+                raise TimeoutError("chromium DevTools not reachable")
+            await asyncio.sleep(0.3)
+        async with s.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            counter = iter(range(1, 10**6))
+
+            async def call(method, **params):
+                i = next(counter)
+                await ws.send_json({"id": i, "method": method, "params": params})
+                while True:
+                    msg = await ws.receive_json()
+                    if msg.get("id") == i:
+                        if "error" in msg:
+                            raise RuntimeError(f"{method}: {msg['error']}")
+                        return msg.get("result", {})
+
+            async def js(expr):
+                r = await call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
+                if "exceptionDetails" in r:
+                    raise RuntimeError(json.dumps(r["exceptionDetails"])[:2000])
+                return r.get("result", {}).get("value")
+
+            await call("Page.enable")
+            await call("Runtime.enable")
+            await call("Page.navigate", url=comfy_url + "/")
+            t0 = time.perf_counter()
+            while not await js("!!(window.app && window.app.graph && window.app.canvas)"):
+                if time.perf_counter() - t0 > 90:
+                    raise TimeoutError("frontend not ready")
+                await asyncio.sleep(0.5)
+            return {name: json.loads(await js(JS % json.dumps(ui))) for name, ui in items.items()}
+
+
+def thumbnail(workflow: dict, title: str, path: Path, size=(512, 288)) -> None:
+    """A plain schematic of the graph (nodes as boxes, links as lines); nothing reads it but people."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", size, (32, 34, 40))
+    d = ImageDraw.Draw(img)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    xs = [n["pos"][0] for n in nodes.values()]
+    ys = [n["pos"][1] for n in nodes.values()]
+    x0, y0 = min(xs), min(ys)
+    scale = min((size[0] - 40) / (max(xs) - x0 + 400), (size[1] - 70) / (max(ys) - y0 + 200))
+
+    def box(n):
+        x, y = 20 + (n["pos"][0] - x0) * scale, 50 + (n["pos"][1] - y0) * scale
+        return x, y, x + 320 * scale, y + 150 * scale
+
+    for link in workflow["links"]:
+        a, b = box(nodes[link[1]]), box(nodes[link[3]])
+        d.line([(a[2], (a[1] + a[3]) / 2), (b[0], (b[1] + b[3]) / 2)], fill=(120, 140, 170), width=1)
+    for n in nodes.values():
+        ours = n["type"].startswith("PuLIDFluxID_")
+        d.rectangle(box(n), fill=(70, 110, 160) if ours else (70, 72, 80), outline=(200, 200, 210))
+    d.text((20, 14), title, fill=(235, 235, 240))
+    img.save(path, "JPEG", quality=85)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comfyui", default="/opt/comfyui/ComfyUI-0.3.64")
+    p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    p.add_argument("--no-frontend", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    base = Path(tempfile.mkdtemp(prefix="pulid_wf_"))
+    server = ComfyServer(Path(a.comfyui), sys.executable, base, model_paths=model_paths_yaml_sections(),
+                         packs={PACK_DIR_NAME: PACK})
+    chrome = None
+    try:
+        server.start()
+        object_info = server.get_json("/object_info")
+        built = {name: workflow_specs.build_ui(fn(), object_info, note)
+                 for name, (fn, note) in workflow_specs.WORKFLOWS.items()}
+        if a.no_frontend:
+            results = {name: {"workflow": ui, "output": ui_to_api.convert(ui, object_info)} for name, ui in built.items()}
+        else:
+            port = free_port()
+            chrome = subprocess.Popen(
+                [a.chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+                 "--disable-background-networking", "--disable-sync", f"--user-data-dir={base / 'chromium'}",
+                 "--remote-debugging-address=127.0.0.1", f"--remote-debugging-port={port}", "about:blank"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            results = asyncio.run(frontend_roundtrip(server.url, port, built))
+        OUT.mkdir(exist_ok=True)
+        for name, res in results.items():
+            wf, api = res["workflow"], res["output"]
+            mine = ui_to_api.convert(wf, object_info)
+            strip = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in mine.items()}
+            theirs = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+            if strip != theirs:
+                raise SystemExit(f"{name}: ui_to_api.convert differs from the frontend:\n{strip}\n{theirs}")
+            (OUT / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
+            thumbnail(wf, name.replace("_", " "), OUT / f"{name}.jpg")
+            log.info("wrote workflows/%s.json (%d nodes) + .jpg", name, len(wf["nodes"]))
+    finally:
+        if chrome is not None:
+            chrome.terminate()
+            chrome.wait(10)
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The shipped workflows, declared once as node lists, and the builder that turns them into the UI
+format the frontend saves (``make_workflows.py`` then round-trips them through the real frontend).
+
+A spec node is ``(key, class_type, widgets by input name, links by input name -> (src key, slot), (col, row))``.
+Widget values are ordered from ``/object_info`` ``input_order``; an INT with ``control_after_generate``
+gets "fixed", LoadImage's upload widget gets "image", exactly as the frontend stores them.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from .ui_to_api import extra_values, widget_names
+
+# Real file names users have; the e2e test swaps them for the tiny files.
+FLUX_UNET = "flux1-dev.safetensors"
+CLIP_L = "clip_l.safetensors"
+T5XXL = "t5xxl_fp16.safetensors"
+FLUX_VAE = "ae.safetensors"
+PULID = "pulid_flux_v0.9.1.safetensors"
+EVA = "EVA02_CLIP_L_336_psz14_s6B.pt"
+SIZE = 1024
+
+ENCODE_DEFAULTS = {"face_rule": "largest", "face_index": 0, "align_source": "facexlib", "fusion": "mean",
+                   "fusion_weights": "", "antialias": True}
+APPLY_DEFAULTS = {"weight": 1.0, "start_percent": 0.0, "end_percent": 1.0, "start_step": 0, "uncond_mode": "uncond_id"}
+
+
+def _common(prompt: str, negative: str | None, cfg: float, model_src: tuple[str, int]) -> list:
+    nodes = [
+        ("unet", "UNETLoader", {"unet_name": FLUX_UNET, "weight_dtype": "default"}, {}, (0, 0)),
+        ("clip", "DualCLIPLoader", {"clip_name1": CLIP_L, "clip_name2": T5XXL, "type": "flux", "device": "default"},
+         {}, (0, 1)),
+        ("vae", "VAELoader", {"vae_name": FLUX_VAE}, {}, (0, 2)),
+        ("pos", "CLIPTextEncode", {"text": prompt}, {"clip": ("clip", 0)}, (3, 1)),
+        ("guid", "FluxGuidance", {"guidance": 3.5}, {"conditioning": ("pos", 0)}, (4, 1)),
+        ("latent", "EmptySD3LatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, {}, (4, 3)),
+        ("sampler", "KSampler", {"seed": 42, "steps": 20, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+                                 "denoise": 1.0},
+         {"model": model_src, "positive": ("guid", 0), "negative": ("neg", 0), "latent_image": ("latent", 0)}, (5, 0)),
+        ("decode", "VAEDecode", {}, {"samples": ("sampler", 0), "vae": ("vae", 0)}, (6, 0)),
+        ("save", "SaveImage", {"filename_prefix": "pulid_flux"}, {"images": ("decode", 0)}, (6, 1)),
+    ]
+    if negative is None:  # fake CFG (cfg 1): the negative is ignored; zero it as core Flux templates do
+        nodes.append(("neg", "ConditioningZeroOut", {}, {"conditioning": ("pos", 0)}, (4, 2)))
+    else:
+        nodes += [("negtext", "CLIPTextEncode", {"text": negative}, {"clip": ("clip", 0)}, (3, 2)),
+                  ("neg", "FluxGuidance", {"guidance": 3.5}, {"conditioning": ("negtext", 0)}, (4, 2))]
+    return nodes
+
+
+def _pulid_loaders() -> list:
+    return [
+        ("pulid", "PuLIDFluxID_ModelLoader", {"pulid_file": PULID}, {}, (1, 0)),
+        ("eva", "PuLIDFluxID_EvaClipLoader", {"eva_file": EVA}, {}, (1, 1)),
+        ("face", "PuLIDFluxID_FaceAnalysisLoader", {"model_pack": "antelopev2", "provider": "auto"}, {}, (1, 2)),
+        ("fxl", "PuLIDFluxID_FacexlibLoader", {"load_detector": True}, {}, (1, 3)),
+    ]
+
+
+def _encode(key: str, image: tuple[str, int], pos, **widgets) -> tuple:
+    return (key, "PuLIDFluxID_EncodeIdentity", {**ENCODE_DEFAULTS, **widgets},
+            {"pulid": ("pulid", 0), "eva_clip": ("eva", 0), "face_analysis": ("face", 0), "facexlib": ("fxl", 0),
+             "image": image}, pos)
+
+
+def _apply(key: str, model: tuple[str, int], ident: tuple[str, int], pos, mask=None, **widgets) -> tuple:
+    links = {"model": model, "pulid": ("pulid", 0), "identity": ident}
+    if mask is not None:
+        links["attn_mask"] = mask
+    return (key, "PuLIDFluxID_Apply", {**APPLY_DEFAULTS, **widgets}, links, pos)
+
+
+PORTRAIT = "portrait photo of a person as an astronaut on the moon, detailed face, natural light"
+
+
+def basic() -> list:
+    return [*_common(PORTRAIT, None, 1.0, ("apply", 0)), *_pulid_loaders(),
+            ("img", "LoadImage", {"image": "pulid_reference.png"}, {}, (2, 2)),
+            _encode("encode", ("img", 0), (2, 0)),
+            ("preview", "PreviewImage", {}, {"images": ("encode", 1)}, (3, 3)),
+            _apply("apply", ("unet", 0), ("encode", 0), (3, 0))]
+
+
+def multi_reference() -> list:
+    return [*_common(PORTRAIT, None, 1.0, ("apply", 0)), *_pulid_loaders(),
+            ("img1", "LoadImage", {"image": "pulid_reference_1.png"}, {}, (1, 4)),
+            ("img2", "LoadImage", {"image": "pulid_reference_2.png"}, {}, (1, 5)),
+            ("img3", "LoadImage", {"image": "pulid_reference_3.png"}, {}, (1, 6)),
+            ("batch12", "ImageBatch", {}, {"image1": ("img1", 0), "image2": ("img2", 0)}, (2, 4)),
+            ("batch", "ImageBatch", {}, {"image1": ("batch12", 0), "image2": ("img3", 0)}, (2, 5)),
+            _encode("encode", ("batch", 0), (2, 0), fusion="mean"),
+            ("preview", "PreviewImage", {}, {"images": ("encode", 1)}, (3, 3)),
+            _apply("apply", ("unet", 0), ("encode", 0), (3, 0))]
+
+
+def two_people() -> list:
+    half = SIZE // 2
+    return [*_common("photo of two friends side by side in a park, both smiling, detailed faces", None, 1.0,
+                     ("apply_b", 0)), *_pulid_loaders(),
+            ("img_a", "LoadImage", {"image": "pulid_person_a.png"}, {}, (1, 4)),
+            ("img_b", "LoadImage", {"image": "pulid_person_b.png"}, {}, (1, 5)),
+            _encode("encode_a", ("img_a", 0), (2, 0)),
+            _encode("encode_b", ("img_b", 0), (2, 2)),
+            ("empty", "SolidMask", {"value": 0.0, "width": SIZE, "height": SIZE}, {}, (2, 4)),
+            ("half", "SolidMask", {"value": 1.0, "width": half, "height": SIZE}, {}, (2, 5)),
+            ("left", "MaskComposite", {"x": 0, "y": 0, "operation": "add"},
+             {"destination": ("empty", 0), "source": ("half", 0)}, (3, 4)),
+            ("right", "MaskComposite", {"x": half, "y": 0, "operation": "add"},
+             {"destination": ("empty", 0), "source": ("half", 0)}, (3, 5)),
+            _apply("apply_a", ("unet", 0), ("encode_a", 0), (3, 0), mask=("left", 0)),
+            _apply("apply_b", ("apply_a", 0), ("encode_b", 0), (4, 0), mask=("right", 0))]
+
+
+def true_cfg() -> list:
+    return [*_common(PORTRAIT, "blurry, lowres, deformed face, plastic skin", 4.0, ("apply", 0)), *_pulid_loaders(),
+            ("img", "LoadImage", {"image": "pulid_reference.png"}, {}, (2, 2)),
+            _encode("encode", ("img", 0), (2, 0)),
+            _apply("apply", ("unet", 0), ("encode", 0), (3, 0), uncond_mode="uncond_id")]
+
+
+WORKFLOWS = {
+    "pulid_flux_basic": (basic, "One reference photo, fake CFG (cfg 1, Flux guidance 3.5): the official default."),
+    "pulid_flux_multi_reference": (multi_reference, "Three photos of one person, ID tokens averaged (fusion mean)."),
+    "pulid_flux_two_people": (two_people, "Two identities in one image: two chained Apply nodes, left/right masks."),
+    "pulid_flux_true_cfg": (true_cfg, "True CFG (cfg 4, a negative prompt); the negative branch gets the uncond ID."),
+}
+
+
+def build_ui(spec: list, object_info: dict, note: str = "") -> dict:
+    """UI-format workflow (frontend 'Save') from a spec, widget order taken from ``object_info``."""
+    ids = {key: i + 1 for i, (key, *_rest) in enumerate(spec)}
+    links, nodes = [], []
+    incoming: dict[int, dict[str, int]] = {}
+    outgoing: dict[tuple[int, int], list[int]] = {}
+    for key, ctype, _w, inputs, _pos in spec:
+        info = object_info[ctype]
+        for name, (src, slot) in inputs.items():
+            link_id = len(links) + 1
+            src_type = object_info[spec[ids[src] - 1][1]]["output"][slot]
+            links.append([link_id, ids[src], slot, ids[key], name, src_type])
+            incoming.setdefault(ids[key], {})[name] = link_id
+            outgoing.setdefault((ids[src], slot), []).append(link_id)
+    for key, ctype, widgets, _inputs, (col, row) in spec:
+        info = object_info[ctype]
+        nid = ids[key]
+        spec_all = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        order = [*info["input_order"].get("required", []), *info["input_order"].get("optional", [])]
+        wnames = {n for n, _ in widget_names(info)}
+        node_inputs = []
+        for name in order:
+            if name in wnames:
+                continue  # widgets are listed as inputs only when converted / linked
+            typ = spec_all[name][0]
+            entry = {"name": name, "type": typ, "link": incoming.get(nid, {}).get(name)}
+            if name in info["input"].get("optional", {}):
+                entry["shape"] = 7  # optional socket (hollow dot), as the frontend marks it
+            node_inputs.append(entry)
+        values = []
+        for name, wspec in widget_names(info):
+            values.append(widgets[name] if name in widgets else _default(wspec))
+            if extra_values(wspec):
+                values.append("image" if ctype == "LoadImage" else "fixed")
+        outputs = [{"name": oname, "type": otype, "links": outgoing.get((nid, slot), []), "slot_index": slot}
+                   for slot, (oname, otype) in enumerate(zip(info["output_name"], info["output"]))]
+        nodes.append({"id": nid, "type": ctype, "pos": [40 + 420 * col, 40 + 260 * row], "flags": {},
+                      "order": nid - 1, "mode": 0, "inputs": node_inputs, "outputs": outputs,
+                      "properties": {"Node name for S&R": ctype}, "widgets_values": values})
+    # link target slots are socket indices among the node's listed inputs
+    for link in links:
+        target = next(n for n in nodes if n["id"] == link[3])
+        link[4] = next(i for i, inp in enumerate(target["inputs"]) if inp["name"] == link[4])
+    extra = {"ds": {"scale": 0.6, "offset": [0, 0]}}
+    if note:
+        extra["pulid_flux_note"] = note
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, note or "pulid")), "revision": 0,
+            "last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": extra, "version": 0.4}
+
+
+def _default(wspec):
+    opts = wspec[1] if len(wspec) > 1 and isinstance(wspec[1], dict) else {}
+    if "default" in opts:
+        return opts["default"]
+    options = wspec[0] if isinstance(wspec[0], list) else opts.get("options")
+    return options[0] if options else None

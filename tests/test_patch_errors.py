@@ -1,0 +1,137 @@
+"""Bad inputs to apply_pulid_flux fail clearly (message asserted), and the model guard accepts only Flux.1
+geometry matching the PuLID model. Plus a static check of what the pack must never do to ComfyUI."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import COMFYUI_ROOT, NO_COMFYUI, ROOT, setup_comfyui
+
+if COMFYUI_ROOT is None:
+    pytest.skip(NO_COMFYUI, allow_module_level=True)
+setup_comfyui()
+
+import _tiny_flux as T  # noqa: E402
+
+from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def env():
+    base = T.tiny_flux_patcher()
+    return base, T.pulid_patcher(T.tiny_pulid_model())
+
+
+def test_tiny_geometries_pass_the_guard():
+    for depth, single, n_ca in ((1, 1, 2), (3, 5, 4), (2, 4, 2)):
+        base = T.tiny_flux_patcher(depth=depth, depth_single_blocks=single)
+        pp = T.pulid_patcher(T.tiny_pulid_model(num_ca=n_ca))
+        m = apply_pulid_flux(base, pp, T.tiny_embedding())
+        keys = set(m.model_options["transformer_options"]["patches_replace"]["dit"])
+        assert len(keys) == n_ca  # official "+1" rule: ceil(depth/2) + ceil(single/4)
+        assert ("double_block", 0) in keys and ("single_block", 0) in keys
+
+
+def test_non_flux_models_are_refused(env):
+    import comfy.model_base
+
+    _, pp = env
+    emb = T.tiny_embedding()
+    fake = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match=r"needs a Flux\.1 MODEL .*got types\.SimpleNamespace"):
+        apply_pulid_flux(fake, pp, emb)
+    other = T.tiny_flux_patcher()
+    other.model.__class__ = type("LongCatImage", (comfy.model_base.Flux,), {})  # a Flux-class relative
+    with pytest.raises(ValueError, match=r"needs a Flux\.1 MODEL .*LongCatImage"):
+        apply_pulid_flux(other, pp, emb)
+
+
+def test_flux2_global_modulation_is_refused(env):
+    import comfy.ldm.flux.model
+
+    _, pp = env
+    if "global_modulation" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        flux2 = T.tiny_flux_patcher(global_modulation=True)  # ComfyUI >= 0.3.72 builds the real thing
+    else:
+        flux2 = T.tiny_flux_patcher()  # 0.3.64 cannot build Flux 2: mark a test-owned instance as one
+        flux2.model.diffusion_model.params.global_modulation = True
+    with pytest.raises(ValueError, match=r"Flux 2-style model .*Flux\.1 only"):
+        apply_pulid_flux(flux2, pp, T.tiny_embedding())
+
+
+def test_geometry_mismatch_is_refused(env):
+    base, _ = env
+    emb = T.tiny_embedding()
+    with pytest.raises(ValueError, match=r"3 double \+ 5 single blocks -> 4 ID cross-attentions.*3 cross-attentions"):
+        apply_pulid_flux(base, T.pulid_patcher(T.tiny_pulid_model(num_ca=3)), emb)
+    with pytest.raises(ValueError, match=r"hidden 64.*PuLID model \(hidden 32"):
+        apply_pulid_flux(base, T.pulid_patcher(T.tiny_pulid_model(hidden=32)), emb)
+
+
+def test_bad_inputs_fail_clearly(env):
+    base, pp = env
+    emb = T.tiny_embedding()
+    with pytest.raises(ValueError, match=r"id_dim 48 but this PuLID model expects 32.*different PuLID model"):
+        apply_pulid_flux(base, pp, T.tiny_embedding(id_dim=48))
+    for bad in (float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match=r"weight=.* must be a finite number"):
+            apply_pulid_flux(base, pp, emb, weight=bad)
+    with pytest.raises(ValueError, match=r"uncond_mode 'uncond_id' needs the embedding's uncond ID"):
+        apply_pulid_flux(base, pp, T.tiny_embedding(uncond=False))
+    assert apply_pulid_flux(base, pp, T.tiny_embedding(uncond=False), uncond_mode="none") is not base
+    with pytest.raises(ValueError, match=r"uncond_mode='zero' must be one of"):
+        apply_pulid_flux(base, pp, emb, uncond_mode="zero")
+    with pytest.raises(ValueError, match=r"start_percent=0.8 is after end_percent=0.2"):
+        apply_pulid_flux(base, pp, emb, start_percent=0.8, end_percent=0.2)
+    with pytest.raises(ValueError, match=r"end_percent=1.5 must be a number between 0.0 and 1.0"):
+        apply_pulid_flux(base, pp, emb, end_percent=1.5)
+    with pytest.raises(ValueError, match=r"start_step=-1 must be an integer >= 0"):
+        apply_pulid_flux(base, pp, emb, start_step=-1)
+    with pytest.raises(ValueError, match=r"mask must have shape \(B, H, W\) or \(H, W\), got \(1, 1, 8, 8\)"):
+        apply_pulid_flux(base, pp, emb, mask=torch.ones(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"pulid must be a ModelPatcher holding a PulidFluxModel"):
+        apply_pulid_flux(base, base, emb)
+    with pytest.raises(ValueError, match=r"PuLID ID embedding with tokens"):
+        apply_pulid_flux(base, pp, torch.zeros(1, 8, 32))
+
+
+PACK_SOURCES = [p for d in ("pulid", "nodes") for p in sorted((ROOT / d).glob("**/*.py"))]
+FORBIDDEN_ATTRS = {"forward_orig", "_forward", "process_img", "forward"}
+
+
+def _source_problems(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    problems = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        for t in targets:
+            if isinstance(t, ast.Attribute) and t.attr in FORBIDDEN_ATTRS:
+                problems.append(f"{path.name}:{node.lineno} assigns .{t.attr}")
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and len(node.args) > 1:
+            name = node.args[1]
+            if isinstance(name, ast.Constant) and name.value in FORBIDDEN_ATTRS:
+                problems.append(f"{path.name}:{node.lineno} setattr .{name.value}")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("comfy.ldm.flux"):
+            bad = [a.name for a in node.names if a.name not in ("timestep_embedding",)]
+            if bad:
+                problems.append(f"{path.name}:{node.lineno} imports {bad} from {node.module}")
+        device_code = path.parent.name == "pulid"  # (nodes/ may name onnxruntime's "CUDA" provider)
+        if device_code and isinstance(node, ast.Constant) and isinstance(node.value, str) and "cuda" in node.value.lower():
+            problems.append(f"{path.name}:{node.lineno} 'cuda' literal")
+    return problems
+
+
+def test_static_no_monkey_patching_of_flux():
+    assert PACK_SOURCES, "no sources found"
+    problems = [p for path in PACK_SOURCES for p in _source_problems(path)]
+    assert problems == []
+    patch_src = (ROOT / "pulid" / "patch.py").read_text()
+    assert "import comfy" not in patch_src and "from comfy" not in patch_src  # ComfyUI objects only as arguments
+    assert "def cleanup" not in patch_src.replace("    def cleanup(self, *args, **kwargs):\n        return self.inner.cleanup", "")

@@ -1,0 +1,77 @@
+"""Pure helpers of the patch: schedule gating (percent window, official start_step) and mask -> token weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import import_pack
+
+import_pack()
+from comfyui_pulid_flux.pulid.regional import (  # noqa: E402
+    check_mask,
+    check_mask_batch,
+    token_grid,
+    token_weights,
+)
+from comfyui_pulid_flux.pulid.schedule import check_window, in_window, is_active, step_index  # noqa: E402
+
+
+class FluxLikeSampling:
+    """percent_to_sigma with ComfyUI ModelSamplingFlux's end points (0 -> 1.0, 1 -> 0.0), linear between."""
+
+    def percent_to_sigma(self, p):
+        return 1.0 - p
+
+
+def test_step_index_matches_the_schedule():
+    schedule = [1.0, 0.8262588381767273, 0.6131871938705444, 0.34572523832321167, 0.0]
+    for i, s in enumerate(schedule[:-1]):
+        assert step_index(torch.tensor(s, dtype=torch.float32).item(), schedule) == i  # float32 round trip
+    assert step_index(0.7, schedule) == 1  # second evaluation of a 2-stage sampler belongs to step 1
+    assert step_index(0.5, None) is None
+
+
+def test_start_step_and_window():
+    schedule = [1.0, 0.75, 0.5, 0.25, 0.0]
+    full = (1.0, 0.0)
+    assert [is_active(s, full, 2, schedule) for s in schedule[:-1]] == [False, False, True, True]
+    assert [is_active(s, (0.8, 0.3), 0, schedule) for s in schedule[:-1]] == [False, True, True, False]
+    assert is_active(None, (0.1, 0.0), 5, schedule)  # no sigma known: nothing to gate on
+    assert in_window(0.5, (0.5, 0.5))
+
+
+def test_check_window():
+    assert check_window(0, 1, 0) == (0.0, 1.0, 0)
+    with pytest.raises(ValueError, match="start_step=1.5"):
+        check_window(0.0, 1.0, 1.5)
+    with pytest.raises(ValueError, match="start_percent=nan"):
+        check_window(float("nan"), 1.0, 0)
+
+
+def test_token_weights_area_average():
+    mask = torch.zeros(1, 64, 96)
+    mask[:, :, :48] = 1.0
+    mask[:, :16, 48:64] = 0.5
+    w = token_weights(mask, (4, 6), torch.device("cpu"), torch.float16)
+    assert w.shape == (1, 24, 1) and w.dtype == torch.float16
+    grid = w.view(4, 6).float()
+    assert torch.equal(grid[:, :3], torch.ones(4, 3)) and grid[0, 3] == 0.5 and grid[1:, 3:].abs().max() == 0
+    # any resolution: the same relative region on a 3x smaller mask
+    small = torch.nn.functional.interpolate(mask[None], size=(16, 24), mode="area")[0]
+    torch.testing.assert_close(token_weights(small, (4, 6), "cpu", torch.float32), w.float(), atol=1e-6, rtol=0)
+
+
+def test_token_grid_matches_flux_padding():
+    assert token_grid(64, 64, 2) == (32, 32)
+    assert token_grid(5, 7, 2) == (3, 4)  # padded like comfy.ldm.common_dit.pad_to_patch_size
+
+
+def test_mask_checks():
+    assert check_mask(None) is None
+    assert check_mask(torch.ones(8, 8)).shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="NaN"):
+        check_mask(torch.full((2, 4, 4), float("nan")))
+    check_mask_batch(1, 4)
+    check_mask_batch(4, 4)
+    with pytest.raises(ValueError, match=r"mask batch 3 matches neither 1 nor the latent batch 2"):
+        check_mask_batch(3, 2)

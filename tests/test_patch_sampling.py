@@ -1,0 +1,254 @@
+"""The Flux patch inside real ComfyUI sampling (comfy.sample / comfy.samplers, tiny Flux on CPU):
+invariants (nothing leaks, nothing is mutated), timing, chaining, CFG rows, batches, memory, dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import COMFYUI_ROOT, NO_COMFYUI, setup_comfyui
+
+if COMFYUI_ROOT is None:
+    pytest.skip(NO_COMFYUI, allow_module_level=True)
+setup_comfyui()
+
+import _tiny_flux as T  # noqa: E402
+
+from comfyui_pulid_flux.pulid.patch import RUN_KEY, apply_pulid_flux  # noqa: E402
+
+
+def model_sampling_flux(model, shift: float):
+    """What core's ModelSamplingFlux node does (comfy_extras/nodes_model_advanced.py; that module imports
+    comfy.sd, which needs torchaudio on 0.33): a clone with a shifted model_sampling object patch."""
+    import comfy.model_sampling
+
+    class ModelSamplingAdvanced(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
+        pass
+
+    ms = ModelSamplingAdvanced(model.model.model_config)
+    ms.set_parameters(shift=shift)
+    m = model.clone()
+    m.add_object_patch("model_sampling", ms)
+    return m
+
+
+@pytest.fixture()
+def setup():
+    base = T.tiny_flux_patcher()
+    pm = T.tiny_pulid_model()
+    log = T.instrument_cas(pm)
+    return base, pm, T.pulid_patcher(pm), log
+
+
+def attends(log) -> list:
+    return [e for e in log if e[0] == "attend"]
+
+
+def test_weight_zero_is_the_model_itself(setup):
+    base, _, pp, _ = setup
+    assert apply_pulid_flux(base, pp, T.tiny_embedding(), weight=0.0) is base
+
+
+def test_outside_the_window_is_bit_identical_and_free(setup):
+    base, _, pp, log = setup
+    emb = T.tiny_embedding()
+    ref = T.sample(base, steps=3, cfg=2.0)
+    for kwargs in (dict(start_step=3), dict(start_percent=0.999, end_percent=0.999)):
+        log.clear()
+        out = T.sample(apply_pulid_flux(base, pp, emb, **kwargs), steps=3, cfg=2.0)
+        assert torch.equal(out, ref), kwargs
+        assert attends(log) == [], kwargs  # rows without ID cost nothing
+    log.clear()
+    assert not torch.equal(T.sample(apply_pulid_flux(base, pp, emb), steps=3, cfg=2.0), ref)
+    assert attends(log)
+
+
+def test_upstream_and_diffusion_model_untouched(setup):
+    base, _, pp, _ = setup
+    dm = base.model.diffusion_model
+    forward_orig = type(dm).forward_orig
+    before = (T.structure(base.model_options), T.structure(base.wrappers), T.structure(base.callbacks),
+              T.structure(base.additional_models))
+    fresh = T.sample(base, cfg=2.0)
+    attrs = T.module_attrs(dm)  # after ComfyUI's own first load (it marks loaded modules)
+    m = apply_pulid_flux(base, pp, T.tiny_embedding(), mask=torch.ones(1, 32, 32))
+    m2 = apply_pulid_flux(m, pp, T.tiny_embedding(seed=5), weight=0.5)
+    T.sample(m2, cfg=2.0)
+    after = (T.structure(base.model_options), T.structure(base.wrappers), T.structure(base.callbacks),
+             T.structure(base.additional_models))
+    assert after == before
+    assert T.module_attrs(dm) == attrs  # no attribute set on the diffusion model or any submodule
+    assert "forward_orig" not in dm.__dict__ and type(dm).forward_orig is forward_orig
+    assert RUN_KEY not in m2.model_options["transformer_options"]  # run state does not outlive the run
+    # a graph without PuLID sampled after one with PuLID is bit-identical to a fresh one
+    assert torch.equal(T.sample(base, cfg=2.0), fresh)
+    assert torch.equal(T.sample(base.clone(), cfg=2.0), fresh)
+
+
+def test_exception_mid_sampling_leaves_nothing_behind(setup):
+    import comfy.patcher_extension as pe
+
+    base, _, pp, _ = setup
+    fresh = T.sample(base, cfg=2.0)
+    m = apply_pulid_flux(base, pp, T.tiny_embedding())
+    good = T.sample(m, cfg=2.0)
+    snapshot = (T.structure(base.model_options), T.structure(m.model_options), T.structure(m.wrappers))
+    attrs = T.module_attrs(base.model.diffusion_model)
+    calls = []
+
+    def boom(executor, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom at step 2")
+        return executor(*args, **kwargs)
+
+    failing = m.clone()
+    failing.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_boom", boom)
+    with pytest.raises(RuntimeError, match="boom at step 2"):
+        T.sample(failing, cfg=2.0)
+    assert (T.structure(base.model_options), T.structure(m.model_options), T.structure(m.wrappers)) == snapshot
+    assert T.module_attrs(base.model.diffusion_model) == attrs
+    assert torch.equal(T.sample(base, cfg=2.0), fresh)
+    assert torch.equal(T.sample(m, cfg=2.0), good)
+
+
+def test_stacked_applies_and_foreign_patches_all_run(setup):
+    base, pm, pp, log = setup
+    foreign = []
+
+    def foreign_patch(tag):
+        def patch(args, extra):  # core-style function patch (as SkipLayerGuidanceDiT registers)
+            foreign.append(tag)
+            return extra["original_block"](args)
+        return patch
+
+    pre = base.clone()
+    pre.set_model_patch_replace(foreign_patch("before"), "dit", "double_block", 0)
+    one = apply_pulid_flux(pre, pp, T.tiny_embedding(seed=2))
+    two = apply_pulid_flux(one, pp, T.tiny_embedding(seed=3), weight=0.7)
+    post = two.clone()
+    inner = post.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)]
+
+    def wrapping(args, extra):  # another pack that chains like we do
+        foreign.append("after")
+        return inner(args, extra)
+
+    post.set_model_patch_replace(wrapping, "dit", "double_block", 0)
+    log.clear()
+    out = T.sample(post, steps=2, cfg=1.0)
+    assert foreign == ["after", "before"] * 2
+    first_ca = pm.pulid_ca[0]
+    ks = {id(e[3]) for e in attends(log) if e[1] is first_ca}
+    assert len(ks) == 2  # both identities attended at double block 0, every step
+    assert len([e for e in attends(log) if e[1] is first_ca]) == 4
+    assert not torch.equal(out, T.sample(one, steps=2, cfg=1.0))
+
+
+def test_core_skip_layer_guidance_after_pulid_runs(setup):
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    base, _, pp, log = setup
+    m = apply_pulid_flux(base, pp, T.tiny_embedding())
+    res = SkipLayerGuidanceDiT.execute(m, 3.0, 0.0, 1.0, "1", "1")
+    slg = getattr(res, "result", None) or res.args
+    log.clear()
+    out = T.sample(slg[0], steps=2, cfg=2.0)
+    assert torch.isfinite(out).all() and attends(log)
+    assert not torch.equal(out, T.sample(m, steps=2, cfg=2.0))
+
+
+def test_model_sampling_flux_after_the_node_gates_on_the_shifted_schedule(setup):
+    import comfy.patcher_extension as pe
+
+    base, pm, pp, log = setup
+    end = 0.5
+    m = apply_pulid_flux(base, pp, T.tiny_embedding(), end_percent=end)
+    shifted = model_sampling_flux(m, shift=3.0)
+    sigmas_seen = []
+    shifted.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "probe",
+                                 lambda ex, *a, **k: (sigmas_seen.append(float(a[1].max())), ex(*a, **k))[1])
+    log.clear()
+    steps = 8
+    T.sample(shifted, steps=steps, cfg=1.0)
+    active = len([e for e in attends(log) if e[1] is pm.pulid_ca[0]])
+    threshold_now = shifted.get_model_object("model_sampling").percent_to_sigma(end)
+    threshold_then = base.get_model_object("model_sampling").percent_to_sigma(end)
+    expected = sum(1 for s in sigmas_seen if s >= threshold_now)
+    stale = sum(1 for s in sigmas_seen if s >= threshold_then)
+    assert expected != stale  # the test distinguishes apply-time from sampling-time conversion
+    assert active == expected
+
+
+def test_true_cfg_rows_and_id_work_once_per_run(setup):
+    base, pm, pp, log = setup
+    emb = T.tiny_embedding()
+    n_ca = pm.num_ca
+    steps = 3
+    for mode, rows_per_call, groups_per_call in (("uncond_id", [1, 1], 2), ("none", [1], 1), ("same", [2], 1)):
+        log.clear()
+        # same text length for both prompts, so ComfyUI batches cond and uncond rows in one call
+        T.sample(apply_pulid_flux(base, pp, emb, uncond_mode=mode), steps=steps, cfg=2.0,
+                 negative=T.tiny_cond(1, tokens=7))
+        att = attends(log)
+        assert len(att) == steps * n_ca * groups_per_call, mode
+        assert [e[2] for e in att[:groups_per_call]] == rows_per_call, mode
+        projections = [e for e in log if e[0] == "project"]
+        assert len(projections) == n_ca * (2 if mode == "uncond_id" else 1), mode  # once per run, not per step
+    log.clear()  # fake CFG (cfg 1): ComfyUI runs only the positive rows
+    T.sample(apply_pulid_flux(base, pp, emb), steps=steps, cfg=1.0)
+    assert [e[2] for e in attends(log)] == [1] * steps * n_ca
+
+
+def test_id_batch_per_item_and_broadcast(setup):
+    base, _, pp, _ = setup
+    a, b = T.tiny_embedding(seed=2), T.tiny_embedding(seed=3)
+    both = type(a)(tokens=torch.cat([a.tokens, b.tokens]), uncond=a.uncond)
+    twice_a = type(a)(tokens=torch.cat([a.tokens, a.tokens]), uncond=a.uncond)
+    out_ab = T.sample(apply_pulid_flux(base, pp, both), batch=2, cfg=2.0)
+    out_aa = T.sample(apply_pulid_flux(base, pp, twice_a), batch=2, cfg=2.0)
+    out_a = T.sample(apply_pulid_flux(base, pp, a), batch=2, cfg=2.0)
+    torch.testing.assert_close(out_ab[0], out_aa[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out_aa, out_a, atol=1e-6, rtol=0)  # N=1 broadcasts like N=B of copies
+    assert (out_ab[1] - out_aa[1]).abs().max() > 1e-3
+    three = type(a)(tokens=torch.cat([a.tokens] * 3), uncond=a.uncond)
+    with pytest.raises(ValueError, match=r"3 identities but the latent batch is 2"):
+        T.sample(apply_pulid_flux(base, pp, three), batch=2)
+
+
+def test_bad_mask_batch_fails_at_sampling_and_leaves_the_model_clean(setup):
+    base, _, pp, _ = setup
+    fresh = T.sample(base, batch=2)
+    m = apply_pulid_flux(base, pp, T.tiny_embedding(), mask=torch.ones(3, 32, 32))
+    with pytest.raises(ValueError, match=r"mask batch 3 matches neither 1 nor the latent batch 2"):
+        T.sample(m, batch=2)
+    assert RUN_KEY not in m.model_options["transformer_options"]
+    assert torch.equal(T.sample(base, batch=2), fresh)
+    ok = T.sample(apply_pulid_flux(base, pp, T.tiny_embedding(), mask=torch.ones(2, 48, 40)), batch=2)
+    assert torch.isfinite(ok).all()
+
+
+def test_downstream_clone_copies_no_pulid_weights(setup):
+    base, pm, pp, _ = setup
+    m = apply_pulid_flux(base, pp, T.tiny_embedding())
+    assert T.bytes_copied_by_clone(m) == 0
+    c = m.clone()
+    dit = m.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert all(c.model_options["transformer_options"]["patches_replace"]["dit"][k] is v for k, v in dit.items())
+    handed = {id(x): x for x in m.model_patches_models()}
+    assert len(handed) == 1
+    (ca_patcher,) = handed.values()
+    assert ca_patcher.model is pm.pulid_ca  # the CAs only, never the IDFormer
+    assert not {id(p) for p in pm.pulid_encoder.parameters()} & {id(p) for p in ca_patcher.model.parameters()}
+    assert apply_pulid_flux(base, pp, T.tiny_embedding()).model_patches_models()[0] is ca_patcher  # cached
+
+
+@pytest.mark.parametrize("weight_dtype,compute", [(torch.bfloat16, None), (torch.float16, None),
+                                                  (torch.float8_e4m3fn, torch.bfloat16)])
+def test_dtypes_follow_the_diffusion_model(setup, weight_dtype, compute):
+    _, _, pp, log = setup
+    base = T.tiny_flux_patcher(weight_dtype=weight_dtype, manual_cast_dtype=compute)
+    log.clear()
+    ref = T.sample(base, steps=2, cfg=2.0)
+    out = T.sample(apply_pulid_flux(base, pp, T.tiny_embedding()), steps=2, cfg=2.0)
+    assert torch.isfinite(out).all() and not torch.equal(out, ref)
+    hidden = {e[3].dtype for e in attends(log)}
+    assert hidden == {torch.float32}  # plain fp32 CA modules compute in their own dtype, cast back
