@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from .. import encoders
 from ..pulid.config import FLUX_DEV
 from ..pulid.embedding import IDEmbedding
+from ..pulid.patchers import encoder_patcher
 from .fusion import FUSIONS, fuse_tokens
 from .types import CATEGORY, EvaClip, FaceAnalysis, Facexlib, Identity, PulidModel
 
@@ -81,7 +82,7 @@ class EncodePulidFluxID(io.ComfyNode):
                 fusion, fusion_weights, antialias) -> io.NodeOutput:
         pulid_model, tower = pulid.model, eva_clip.model.tower
         check_compatible(pulid_model, tower, FLUX_DEV.arcface_dim)
-        mm.load_models_gpu([pulid, eva_clip])
+        mm.load_models_gpu([encoder_patcher(pulid), eva_clip])  # the IDFormer only; the CAs stay offloaded
         bar = comfy.utils.ProgressBar(1)
 
         def progress(done: int, total: int) -> None:

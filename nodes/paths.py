@@ -14,7 +14,7 @@ import folder_paths
 
 PULID = "pulid"  # models/pulid/pulid_flux_v0.9.1.safetensors
 INSIGHTFACE = "insightface"  # models/insightface/models/antelopev2/*.onnx
-FACEXLIB = "facexlib"  # models/facexlib/{detection_Resnet50_Final,parsing_parsenet,parsing_bisenet}.pth
+FACEXLIB = "facexlib"  # models/facexlib/{detection_Resnet50_Final,parsing_bisenet}.pth
 EVA_FOLDERS = ("clip_vision", "text_encoders")  # models/clip_vision/ and models/clip/ (= text_encoders)
 ID_SUBFOLDER = "pulid_ids"  # saved identities: output/pulid_ids/*.safetensors (also read from input/)
 
@@ -34,8 +34,8 @@ SOURCES = {
     INSIGHTFACE: "the antelopev2 pack (1k3d68.onnx, 2d106det.onnx, genderage.onnx, glintr100.onnx, "
                  "scrfd_10g_bnkps.onnx) from https://huggingface.co/DIAMONIK7777/antelopev2 (insightface model "
                  "zoo, non-commercial research use)",
-    FACEXLIB: "detection_Resnet50_Final.pth (v0.1.0), parsing_parsenet.pth (v0.2.2) and parsing_bisenet.pth "
-              "(v0.2.0) from https://github.com/xinntao/facexlib/releases (MIT)",
+    FACEXLIB: "detection_Resnet50_Final.pth (v0.1.0) and parsing_bisenet.pth (v0.2.0) from "
+              "https://github.com/xinntao/facexlib/releases (MIT)",
 }
 
 

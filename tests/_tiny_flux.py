@@ -227,7 +227,7 @@ def golden_pulid_model(g) -> PulidFluxModel:
 # --------------------------------------------------------------------------------------- instrumentation
 def instrument_cas(pulid_model: PulidFluxModel) -> list:
     """Swap every CA module for a same-weights subclass that logs ("project", ca, n_id) on project_id and
-    ("attend", ca, rows, k) on attend into the returned list (clear it between runs)."""
+    ("attend", ca, rows, k, image_tokens) on attend into the returned list (clear it between runs)."""
     from comfyui_pulid_flux.pulid.attention import PerceiverAttentionCA
 
     log: list = []
@@ -238,7 +238,7 @@ def instrument_cas(pulid_model: PulidFluxModel) -> list:
             return super().project_id(id_tokens)
 
         def attend(self, img, k, v):
-            log.append(("attend", self, img.shape[0], k))
+            log.append(("attend", self, img.shape[0], k, img.shape[1]))
             return super().attend(img, k, v)
 
     for i, ca in enumerate(pulid_model.pulid_ca):

@@ -105,7 +105,7 @@ def _reconstruct_call_log(log, ca_refs) -> list[dict]:
         else:
             if entry[0] != "attend":
                 continue
-            _, ca, rows, k = entry
+            ca, rows, k = entry[1:4]
             name = next((n for n, ref in ca_refs[ca].items() if torch.equal(ref, k)), "unknown")
             calls[-1]["ids"].append((rows, name))
     out = []

@@ -252,3 +252,31 @@ def test_dtypes_follow_the_diffusion_model(setup, weight_dtype, compute):
     assert torch.isfinite(out).all() and not torch.equal(out, ref)
     hidden = {e[3].dtype for e in attends(log)}
     assert hidden == {torch.float32}  # plain fp32 CA modules compute in their own dtype, cast back
+
+
+def test_kontext_reference_latents_run_and_only_main_tokens_get_the_id(setup):
+    base, _, pp, log = setup
+    m = apply_pulid_flux(base, pp, T.tiny_embedding())
+    x = torch.randn(1, 16, 6, 4)  # 3x2 = 6 main-image tokens
+    ref = torch.randn(1, 16, 4, 4)  # 4 Kontext reference tokens appended after them
+    cond = T.tiny_cond(0)[0]
+    args = (x, torch.tensor([0.7]), cond[0], cond[1]["pooled_output"], torch.tensor([3.5]))
+    log.clear()
+    out = T.comfy_forward(m, *args, ref_latents=[ref])
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert {e[4] for e in attends(log)} == {6}
+    assert not torch.equal(out, T.comfy_forward(base, *args, ref_latents=[ref]))
+
+
+def test_sub_patchers_are_cached_and_disjoint(setup):
+    import comfy.model_management as mm
+
+    from comfyui_pulid_flux.pulid.patchers import ca_patcher, encoder_patcher
+
+    _, pm, pp, _ = setup
+    ca, enc = ca_patcher(pp), encoder_patcher(pp)
+    assert ca is ca_patcher(pp) and enc is encoder_patcher(pp)
+    assert ca.model is pm.pulid_ca and enc.model is pm.pulid_encoder
+    assert not {id(p) for p in ca.model.parameters()} & {id(p) for p in enc.model.parameters()}
+    mm.load_models_gpu([enc])  # what the encode node can load instead of the whole PuLID model
+    assert enc.loaded_size() > 0
