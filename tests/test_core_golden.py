@@ -7,36 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import import_pack, rel_l2, tolerances
-
-import_pack()
-from comfyui_pulid_flux.pulid.attention import PerceiverAttentionCA  # noqa: E402
-from comfyui_pulid_flux.pulid.encoder import IDFormer  # noqa: E402
+from _golden_models import build_ca, build_idformer
+from conftest import rel_l2, tolerances
 
 ATOL, RTOL = 1e-5, 1e-4  # spec §7: IDFormer, CA and Flux in fp32
 BF16_REL_L2 = 3e-2  # spec §8 recommendation for a bf16 port against the fp32 goldens
-
-
-def build_idformer(g, dtype=torch.float32) -> IDFormer:
-    c = dict(g.meta["constructor"])
-    c.pop("class")
-    widths = g.meta.get("width_substitution", {})
-
-    def width(prefix: str, default: int) -> int:
-        return next((v for k, v in widths.items() if k.startswith(prefix)), default)
-
-    m = IDFormer(**c, id_in_dim=width("id_in_dim", 1280), vit_dim=width("vit_hidden_dim", 1024),
-                 mapping_hidden=width("mapping_hidden", 1024), num_vit_taps=len(g.seq("in.id_vit_hidden")))
-    m.load_state_dict(g.weights, strict=True)
-    return m.to(dtype).eval()
-
-
-def build_ca(g, dtype=torch.float32) -> PerceiverAttentionCA:
-    c = dict(g.meta["constructor"])
-    c.pop("class")
-    m = PerceiverAttentionCA(**c)
-    m.load_state_dict(g.weights, strict=True)
-    return m.to(dtype).eval()
 
 
 @torch.no_grad()

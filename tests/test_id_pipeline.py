@@ -14,6 +14,8 @@ import torch
 from conftest import GOLDEN_DIR, import_pack
 
 import_pack()
+from _golden_models import build_idformer  # noqa: E402
+
 from comfyui_pulid_flux.encoders import (  # noqa: E402
     BG_LABELS,
     DetectedFace,
@@ -24,7 +26,6 @@ from comfyui_pulid_flux.encoders import (  # noqa: E402
     face_features_image,
     load_eva_clip,
 )
-from comfyui_pulid_flux.pulid.encoder import IDFormer  # noqa: E402
 
 TIGHT = dict(atol=1e-6, rtol=1e-5)  # spec §7: bg_mask / eva_input / id_cond
 EVA = dict(atol=1e-4, rtol=1e-5)  # EVA hidden states
@@ -65,20 +66,6 @@ class StubAligner:
     def parse(self, aligned_bgr):
         assert np.array_equal(aligned_bgr, self.aligned)
         return self.labels.clone()
-
-
-def build_idformer(g) -> IDFormer:
-    c = dict(g.meta["constructor"])
-    c.pop("class")
-    widths = g.meta.get("width_substitution", {})
-
-    def width(prefix: str, default: int) -> int:
-        return next((v for k, v in widths.items() if k.startswith(prefix)), default)
-
-    m = IDFormer(**c, id_in_dim=width("id_in_dim", 1280), vit_dim=width("vit_hidden_dim", 1024),
-                 mapping_hidden=width("mapping_hidden", 1024), num_vit_taps=len(g.seq("in.id_vit_hidden")))
-    m.load_state_dict(g.weights, strict=True)
-    return m.eval()
 
 
 @pytest.fixture(scope="module")
