@@ -27,25 +27,25 @@ WHERE_TO_GET = (
     f"download {OFFICIAL_FILE} from https://huggingface.co/QuanSun/EVA-CLIP (the file the official PuLID uses), "
     "or open_clip's EVA02-L-14-336 (timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k) safetensors"
 )
-# eva_clip name -> timm name, applied to the key after the layout prefix (timm eva.py checkpoint_filter_fn).
-_RENAMES = (
-    (re.compile(r"\.attn\.q_bias$"), ".attn.q_proj.bias"),
-    (re.compile(r"\.attn\.v_bias$"), ".attn.v_proj.bias"),
-    (re.compile(r"\.attn\.inner_attn_ln\."), ".attn.norm."),
-    (re.compile(r"\.mlp\.w1\."), ".mlp.fc1_g."),
-    (re.compile(r"\.mlp\.w2\."), ".mlp.fc1_x."),
-    (re.compile(r"\.mlp\.ffn_ln\."), ".mlp.norm."),
-    (re.compile(r"\.mlp\.w3\."), ".mlp.fc2."),
+# eva_clip name <-> timm name inside a block (timm eva.py checkpoint_filter_fn). A name that does not end
+# in "." is a whole-key suffix; one that does is a module path segment.
+_NAME_PAIRS = (
+    (".attn.q_bias", ".attn.q_proj.bias"),
+    (".attn.v_bias", ".attn.v_proj.bias"),
+    (".attn.inner_attn_ln.", ".attn.norm."),
+    (".mlp.w1.", ".mlp.fc1_g."),
+    (".mlp.w2.", ".mlp.fc1_x."),
+    (".mlp.ffn_ln.", ".mlp.norm."),
+    (".mlp.w3.", ".mlp.fc2."),
 )
-_INVERSE = (
-    (re.compile(r"\.attn\.q_proj\.bias$"), ".attn.q_bias"),
-    (re.compile(r"\.attn\.v_proj\.bias$"), ".attn.v_bias"),
-    (re.compile(r"\.attn\.norm\."), ".attn.inner_attn_ln."),
-    (re.compile(r"\.mlp\.fc1_g\."), ".mlp.w1."),
-    (re.compile(r"\.mlp\.fc1_x\."), ".mlp.w2."),
-    (re.compile(r"\.mlp\.norm\."), ".mlp.ffn_ln."),
-    (re.compile(r"\.mlp\.fc2\."), ".mlp.w3."),
-)
+
+
+def _substitutions(pairs) -> tuple:
+    return tuple((re.compile(re.escape(a) + ("" if a.endswith(".") else "$")), b) for a, b in pairs)
+
+
+_RENAMES = _substitutions(_NAME_PAIRS)
+_INVERSE = _substitutions((b, a) for a, b in _NAME_PAIRS)
 _ROPE = re.compile(r"(^|\.)rope\.freqs_(cos|sin)$")
 # Recognisable foreign layouts -> what the file probably is.
 _FOREIGN = (
