@@ -49,8 +49,7 @@ class ApplyPulidFluxID(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid, identity, weight, start_percent, end_percent, start_step, uncond_mode,
                 attn_mask=None) -> io.NodeOutput:
-        if weight == 0:
-            return io.NodeOutput(model)
+        # weight 0 returns the input MODEL itself (a bypass; pulid/patch.py decides, after checking the weight)
         patched = apply_pulid_flux(model, pulid, identity, weight=weight, start_percent=start_percent,
                                    end_percent=end_percent, start_step=start_step, uncond_mode=uncond_mode,
                                    mask=attn_mask)

@@ -5,7 +5,9 @@ and ``input/pulid_ids``."""
 from __future__ import annotations
 
 import logging
+import ntpath
 import os
+import posixpath
 
 import folder_paths
 from comfy_api.latest import io
@@ -29,6 +31,16 @@ def saved_ids() -> list[str]:
     return names
 
 
+def check_prefix(prefix: str) -> str:
+    """A relative name inside output/pulid_ids/ ('alice', 'people/alice'); never empty, absolute or '..'-escaping."""
+    name = prefix.strip() if isinstance(prefix, str) else ""
+    norm = posixpath.normpath(name.replace("\\", "/")) if name else ""  # "/" and "\\" both separate folders
+    if not name or norm in (".", "..") or norm.startswith(("../", "/")) or ntpath.splitdrive(name)[0]:
+        raise ValueError(f"filename_prefix {prefix!r} must be a relative file name inside output/{paths.ID_SUBFOLDER}/, "
+                         f"e.g. 'alice' or 'people/alice'")
+    return name
+
+
 class SavePulidFluxID(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -50,7 +62,7 @@ class SavePulidFluxID(io.ComfyNode):
     @classmethod
     def execute(cls, identity, filename_prefix) -> io.NodeOutput:
         root = os.path.join(folder_paths.get_output_directory(), paths.ID_SUBFOLDER)
-        folder, base, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
+        folder, base, counter, subfolder, _ = folder_paths.get_save_image_path(check_prefix(filename_prefix), root)
         os.makedirs(folder, exist_ok=True)
         file = f"{base}_{counter:05}_{ID_EXTENSION}"  # trailing "_": how get_save_image_path counts
         identity.save(os.path.join(folder, file))

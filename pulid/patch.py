@@ -35,7 +35,9 @@ UNCOND_MODES = ("uncond_id", "none", "same")
 # transformer_options keys owned by this pack
 RUN_KEY = "pulid_flux_run"  # {apply_id: _Run}, set for one sampling run by the OUTER_SAMPLE wrapper
 GRID_KEY = "pulid_flux_grid"  # (h, w) main-image token grid of one forward, set by the DIFFUSION_MODEL wrapper
+LATENT_KEY = "pulid_flux_latent"  # (h, w, patch) of that forward's latent (odd sides are padded by Flux)
 TXT_KEY = "pulid_flux_txt_len"  # text length recorded by the double-block patch (ComfyUI < 0.14 has no img_slice)
+CONTEXT_KEY = "pulid_flux_context_len"  # text tokens entering Flux: fallback when none of our double patches ran
 CALL_KEY = "pulid_flux_call"  # {apply_id: _Plan} memo for one forward
 WRAPPER_KEY = "pulid_flux"
 # comfy.patcher_extension.WrappersMP values (stable since 0.3.x; this package never imports ComfyUI)
@@ -137,7 +139,10 @@ def _new_plan(effect: _Effect, to: dict, x: Tensor, t0: int, sigmas, rows: int, 
         if grid is None:
             raise RuntimeError("PuLID mask: the image token grid is unknown (the PuLID diffusion-model wrapper did not run)")
         check_mask_batch(effect.mask.shape[0], batch)
-        mask = token_weights(effect.mask, grid, x.device, x.dtype)  # (B_m, n_img, 1)
+        cache, mkey = (run.kv if run is not None else {}), ("mask", grid, to.get(LATENT_KEY), x.device, x.dtype)
+        if mkey not in cache:  # once per run and latent size
+            cache[mkey] = token_weights(effect.mask, grid, x.device, x.dtype, to.get(LATENT_KEY))  # (B_m, n_img, 1)
+        mask = cache[mkey]
         if mask.shape[0] > 1:
             mask = mask.repeat(len(chunks), 1, 1)  # (rows, n_img, 1)
     return _Plan(key, tuple(tuple(g) for g in groups), n_img, mask)
@@ -253,7 +258,9 @@ class _SinglePatch(_BlockPatch):
         to = args.get("transformer_options")
         to = to if isinstance(to, dict) else {}
         img_slice = to.get("img_slice")
-        n_txt = img_slice[0] if img_slice else to.get(TXT_KEY)
+        # no img_slice (< 0.14): what our double patches saw, else (all of them replaced, e.g. by core
+        # SkipLayerGuidanceDiT skipping those blocks) the text length that entered Flux
+        n_txt = img_slice[0] if img_slice else to.get(TXT_KEY, to.get(CONTEXT_KEY))
         if n_txt is None:
             raise RuntimeError("PuLID single-block patch: text length unknown (no img_slice, no double-block record)")
         x = _inject(self.effect, self.ca_index, to, out["img"], int(n_txt))
@@ -321,6 +328,8 @@ class _OuterSample:
 def diffusion_model_wrapper(executor, *args, **kwargs):
     """DIFFUSION_MODEL wrapper: passes on a copy of transformer_options carrying this call's token grid."""
     x = args[0] if args else kwargs.get("x")
+    context = args[2] if len(args) > 2 else kwargs.get("context")  # (B, n_txt, C)
+    n_ctx = context.shape[1] if isinstance(context, Tensor) and context.ndim == 3 else None
     if len(args) > 7:
         to = args[7]
     else:
@@ -328,8 +337,9 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     if isinstance(x, Tensor) and x.ndim == 4 and isinstance(to, dict):
         patch = getattr(executor.class_obj, "patch_size", 2)
         grid = token_grid(x.shape[-2], x.shape[-1], patch)
-        if to.get(GRID_KEY) != grid:
-            to = {**to, GRID_KEY: grid}
+        latent = (x.shape[-2], x.shape[-1], patch)
+        if (to.get(GRID_KEY), to.get(LATENT_KEY), to.get(CONTEXT_KEY)) != (grid, latent, n_ctx):
+            to = {**to, GRID_KEY: grid, LATENT_KEY: latent, CONTEXT_KEY: n_ctx}
             if len(args) > 7:
                 args = (*args[:7], to, *args[8:])
             else:
@@ -345,9 +355,11 @@ def apply_pulid_flux(model, pulid, embedding, *, weight=1.0, start_percent=0.0, 
     pulid: ModelPatcher whose .model is a PulidFluxModel. embedding: IDEmbedding (tokens (N, T, id_dim),
     uncond (1, T, id_dim)). uncond_mode: what the negative (CFG > 1) rows get: 'uncond_id' (official),
     'none' or 'same'. mask: optional MASK (B, H, W) / (H, W) limiting the ID to a region.
-    weight == 0 returns `model` itself.
+    weight == 0 returns `model` itself, whatever the other inputs (a weight-0 apply is a bypass, as in the node).
     """
     weight = check_weight(weight)
+    if weight == 0.0:
+        return model
     percents = check_window(start_percent, end_percent, start_step)
     if uncond_mode not in UNCOND_MODES:
         raise ValueError(f"uncond_mode={uncond_mode!r} must be one of {UNCOND_MODES}")
@@ -357,8 +369,6 @@ def apply_pulid_flux(model, pulid, embedding, *, weight=1.0, start_percent=0.0, 
     layout = check_flux_model(model, pulid_model)
     tokens, uncond = check_embedding(embedding, pulid_model, uncond_mode)
     mask = check_mask(mask)
-    if weight == 0.0:
-        return model
     m = model.clone()
     effect = _Effect(
         apply_id=uuid.uuid4().hex, ca_patcher=ca_patcher(pulid), tokens=tokens, uncond=uncond, weight=weight,

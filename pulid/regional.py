@@ -2,7 +2,8 @@
 
 A Flux image token covers a 2x2 patch of the 8x-downsampled latent, i.e. 16x16 pixels. The mask (any
 resolution) is area-averaged onto the token grid of the current call, so soft edges stay soft and a
-mask drawn on an image of another size still lands on the same relative region.
+mask drawn on an image of another size still lands on the same relative region. An odd latent side is
+padded by Flux, so its last token covers only one latent pixel of image: the mask maps onto that part.
 """
 
 from __future__ import annotations
@@ -38,10 +39,25 @@ def check_mask_batch(mask_batch: int, latent_batch: int) -> None:
         )
 
 
-def token_weights(mask: Tensor, grid: tuple[int, int], device, dtype) -> Tensor:
-    """(B_m, H, W) mask -> (B_m, h*w, 1) weights in the token order of Flux's patchify (row-major)."""
+def token_weights(mask: Tensor, grid: tuple[int, int], device, dtype,
+                  latent: tuple[int, int, int] | None = None) -> Tensor:
+    """(B_m, H, W) mask -> (B_m, h*w, 1) weights in the token order of Flux's patchify (row-major).
+
+    latent: (latent h, latent w, patch) of the call. Flux pads an odd latent side to the patch size, so
+    the last token row (column) then holds one latent pixel of image and one of padding: the mask, which
+    spans the image, is area-averaged onto the latent pixels, and each token averages its image pixels.
+    Without it, the mask is spread over the whole token grid (exact for even latents).
+    """
     h, w = grid
-    pooled = F.adaptive_avg_pool2d(mask.unsqueeze(1), (h, w))  # (B_m, 1, h, w)
+    if latent is None:
+        pooled = F.adaptive_avg_pool2d(mask.unsqueeze(1).float(), (h, w))  # (B_m, 1, h, w)
+    else:
+        lh, lw, patch = latent
+        pixels = F.adaptive_avg_pool2d(mask.unsqueeze(1).float(), (lh, lw))  # (B_m, 1, lh, lw)
+        pad = (0, w * patch - lw, 0, h * patch - lh)  # where Flux pads (bottom / right)
+        total = F.avg_pool2d(F.pad(pixels, pad), patch, divisor_override=1)  # (B_m, 1, h, w) sums
+        count = F.avg_pool2d(F.pad(torch.ones_like(pixels[:1]), pad), patch, divisor_override=1)
+        pooled = total / count
     return pooled.flatten(1).unsqueeze(-1).to(device=device, dtype=dtype)
 
 

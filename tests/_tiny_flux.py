@@ -8,6 +8,7 @@ Call `conftest.setup_comfyui()` (or use the `comfyui` fixture) before using anyt
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from conftest import import_pack
@@ -204,11 +205,22 @@ def comfy_forward(patcher, x, timestep, context, y, guidance, cond_or_uncond=(0,
 
 
 # --------------------------------------------------------------------------------------- golden models
+def golden_latent_packing(g) -> tuple[int, int]:
+    """(latent channels, patch size) of a Flux golden, from its tensor shapes: official prepare() packs
+    (B, C, H, W) latents into (B, H/p * W/p, C*p*p) tokens, and FluxParams.in_channels is that packed width."""
+    _, c, h, w = g.io["in.noise_unpacked"].shape
+    tokens, packed = g.io["in.img"].shape[1:]
+    patch = math.isqrt(packed // c)
+    assert c * patch * patch == packed == g.meta["flux_params"]["in_channels"], (c, packed, g.meta["flux_params"])
+    assert tokens == (h // patch) * (w // patch), (tokens, h, w, patch)
+    return c, patch
+
+
 def golden_flux_patcher(g):
     """ComfyUI's Flux built from the golden sidecar's official FluxParams, with the golden weights."""
     p = dict(g.meta["flux_params"])
-    patch = 2  # official Flux.1 packs 2x2 latent patches (sampling.py prepare); in_channels is the packed width
-    channels = p.pop("in_channels") // (patch * patch)
+    channels, patch = golden_latent_packing(g)
+    p.pop("in_channels")
     sd = {k: v for k, v in g.weights.items() if not k.startswith("pulid_ca.")}
     return tiny_flux_patcher(state_dict=sd, in_channels=channels, out_channels=channels, patch_size=patch, **p)
 
@@ -227,7 +239,7 @@ def golden_pulid_model(g) -> PulidFluxModel:
 # --------------------------------------------------------------------------------------- instrumentation
 def instrument_cas(pulid_model: PulidFluxModel) -> list:
     """Swap every CA module for a same-weights subclass that logs ("project", ca, n_id) on project_id and
-    ("attend", ca, rows, k, image_tokens) on attend into the returned list (clear it between runs)."""
+    ("attend", ca, rows, k, image_tokens, output) on attend into the returned list (clear it between runs)."""
     from comfyui_pulid_flux.pulid.attention import PerceiverAttentionCA
 
     log: list = []
@@ -238,8 +250,9 @@ def instrument_cas(pulid_model: PulidFluxModel) -> list:
             return super().project_id(id_tokens)
 
         def attend(self, img, k, v):
-            log.append(("attend", self, img.shape[0], k, img.shape[1]))
-            return super().attend(img, k, v)
+            out = super().attend(img, k, v)
+            log.append(("attend", self, img.shape[0], k, img.shape[1], out))
+            return out
 
     for i, ca in enumerate(pulid_model.pulid_ca):
         new = LoggingCA(ca.dim, ca.dim_head, ca.heads, ca.kv_dim).to(ca.to_q.weight.dtype)

@@ -135,8 +135,10 @@ def test_result_shapes_progress_and_dtype(models):
     res = encode_identity(imgs, **models.kwargs(progress=lambda d, t: steps.append((d, t))))
     cfg = models.eva.config
     assert res.id_cond.shape == (2, ARCFACE_DIM + cfg.embed_dim)
-    assert [tuple(h.shape) for h in res.id_vit_hidden] == [(2, cfg.num_tokens, cfg.width)] * 5
-    assert res.tokens.shape == (2, 32, 24) and res.uncond.shape == (1, 32, 24)
+    idf = models.idformer
+    assert [tuple(h.shape) for h in res.id_vit_hidden] == [(2, cfg.num_tokens, cfg.width)] * idf.num_vit_taps
+    assert res.tokens.shape == (2, idf.num_queries, idf.output_dim)
+    assert res.uncond.shape == (1, idf.num_queries, idf.output_dim)
     assert res.faces.shape == (2, 512, 512, 3)
     torch.testing.assert_close(res.id_cond[:, ARCFACE_DIM:].norm(dim=1), torch.ones(2))
     assert [d for d, _ in steps] == sorted(d for d, _ in steps) and steps[-1][0] == steps[-1][1]

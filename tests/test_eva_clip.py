@@ -60,7 +60,7 @@ def test_eva_visual_golden_parity(golden, tower32):
     l2 = pooled / torch.norm(pooled, 2, dim=1, keepdim=True)
     torch.testing.assert_close(l2, g.io["out.pooled_l2"], atol=1e-6, rtol=1e-5)
     ref_hidden = g.seq("out.hidden")
-    assert len(hidden) == len(ref_hidden) == 5
+    assert len(hidden) == len(ref_hidden) == len(tower.config.tap_blocks)
     for k, (h, ref) in enumerate(zip(hidden, ref_hidden)):
         assert h.shape == ref.shape, k
         torch.testing.assert_close(h, ref, atol=EVA_ATOL, rtol=EVA_RTOL, msg=f"hidden tap {k}")
@@ -89,7 +89,7 @@ def test_eva_last_block_and_bf16(golden, tower32):
     pooled, hidden = bf(g.io["in.image"].bfloat16())
     assert pooled.dtype == torch.bfloat16
     assert rel_l2(g.io["out.pooled"], pooled.float()) <= BF16_REL_L2
-    assert rel_l2(g.io["out.hidden.4"], hidden[4].float()) <= BF16_REL_L2
+    assert rel_l2(g.seq("out.hidden")[-1], hidden[-1].float()) <= BF16_REL_L2
 
 
 def test_tower_uses_sdpa(golden, tower32, monkeypatch):
@@ -176,7 +176,8 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
     sd = _official_sd()
     sd["visual.blocks.5.attn.q_bias"] = torch.zeros(7)
     torch.save(sd, tmp_path / "shape.pt")
-    with pytest.raises(EvaCheckpointError, match=r"blocks\.5\.attn\.q_proj\.bias \(7,\) != \(64,\)"):
+    width = tiny_eva_config().width
+    with pytest.raises(EvaCheckpointError, match=rf"blocks\.5\.attn\.q_proj\.bias \(7,\) != \({width},\)"):
         load_eva_clip(tmp_path / "shape.pt")
 
 
@@ -190,7 +191,8 @@ def test_wrong_model_checkpoints(tmp_path):
     with pytest.raises(EvaCheckpointError, match="PuLID checkpoint"):
         load_eva_clip(tmp_path / "pulid.pt")
     # a real EVA02 tower, but not the size PuLID needs
-    with pytest.raises(EvaCheckpointError, match=r"another model: image_size 56 \(needs 336\)"):
+    size = tiny_eva_config().image_size
+    with pytest.raises(EvaCheckpointError, match=rf"another model: image_size {size} \(needs {EVA02_CLIP_L_336.image_size}\)"):
         load_eva_clip(cached("eva_official.pt", make_tiny_eva_checkpoint), expected=EVA02_CLIP_L_336)
 
 
@@ -226,4 +228,4 @@ def test_safetensors_metadata_carries_the_heads(golden, tower32, tmp_path):
     assert tower.config == tower32.config and tower.config.num_heads == g.meta["derived"]["num_heads"]
     pooled, hidden = tower(g.io["in.image"])
     torch.testing.assert_close(pooled, g.io["out.pooled"], atol=EVA_ATOL, rtol=EVA_RTOL)
-    torch.testing.assert_close(hidden[4], g.io["out.hidden.4"], atol=EVA_ATOL, rtol=EVA_RTOL)
+    torch.testing.assert_close(hidden[-1], g.seq("out.hidden")[-1], atol=EVA_ATOL, rtol=EVA_RTOL)

@@ -8,6 +8,8 @@ eva_visual / idformer goldens, loaded through the production loader and the pack
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -92,7 +94,10 @@ def _run(parts, *, no_insightface=False, antialias=True):
 
 def test_bg_labels_and_mask(parts):
     p, _, _ = parts
-    assert sorted(BG_LABELS) == [0, 7, 8, 9, 14, 15, 16, 18]
+    # the official label list (pipeline_flux.py:165-166) as the sidecar states it
+    listed = re.search(r"\[([\d,\s]+)\]", p.meta["outputs"]["out.bg_mask"])
+    assert listed, p.meta["outputs"]["out.bg_mask"]
+    assert sorted(BG_LABELS) == sorted(int(v) for v in listed.group(1).split(","))
     mask = bg_mask(p.io["in.parsing_labels"])
     assert torch.equal(mask.to(torch.uint8), p.io["out.bg_mask"])
 

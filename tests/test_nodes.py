@@ -109,6 +109,9 @@ def test_apply_with_weight_zero_returns_the_input_model(nodes):
     out = nodes.ApplyPulidFluxID.execute(model=sentinel, pulid=None, identity=None, weight=0.0, start_percent=0.0,
                                          end_percent=1.0, start_step=0, uncond_mode="uncond_id")
     assert out.args[0] is sentinel
+    with pytest.raises(ValueError, match=r"weight=nan must be a finite number"):  # NaN is not 0: still refused
+        nodes.ApplyPulidFluxID.execute(model=sentinel, pulid=None, identity=None, weight=float("nan"),
+                                       start_percent=0.0, end_percent=1.0, start_step=0, uncond_mode="uncond_id")
 
 
 def test_fusion_modes(nodes):
@@ -142,6 +145,12 @@ def test_save_and_load_id_roundtrip(nodes, tmp_path):
         second = nodes.SavePulidFluxID.execute(identity=ident, filename_prefix="people/me").args[0]
         assert first == "pulid_ids/people/me_00001_.safetensors [output]"
         assert second == "pulid_ids/people/me_00002_.safetensors [output]"
+        for bad in ("../../escaped", "../x", "a/../../b", str(tmp_path / "abs"), "..", "", "  ", "..\\..\\w"):
+            with pytest.raises(ValueError, match=r"filename_prefix .* must be a relative file name inside output"):
+                nodes.SavePulidFluxID.execute(identity=ident, filename_prefix=bad)
+        written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.safetensors"))
+        assert written == ["output/pulid_ids/people/me_00001_.safetensors",
+                           "output/pulid_ids/people/me_00002_.safetensors"]
         (tmp_path / "input" / "pulid_ids").mkdir(parents=True)
         ident.save(tmp_path / "input" / "pulid_ids" / "shared.safetensors")
         listed = nodes.id_io.saved_ids()

@@ -160,6 +160,32 @@ def test_regional_masks_put_two_identities_in_one_image(env):
 
 
 @torch.no_grad()
+def test_mask_on_an_odd_latent_lands_on_the_padded_token_grid(env):
+    # 72x56 px image -> latent 9x7 -> Flux pads it to 10x8 -> 5x4 tokens; a mask over pixels 0-31 of the
+    # width is exactly token columns 0-1 (the DIFFUSION_MODEL wrapper tells the patch the latent size)
+    base, pm, pp = env
+    emb = T.tiny_embedding()
+    mask = torch.zeros(1, 72, 56)
+    mask[..., :32] = 1.0
+    patch = dit(apply_pulid_flux(base, pp, emb, mask=mask))[("double_block", 0)]
+    img = torch.randn(1, 20, D)
+
+    class Executor:
+        class_obj = base.model.diffusion_model
+
+        def __call__(self, *args, **kwargs):
+            return patch({"img": img.clone(), "txt": torch.randn(1, 3, D), "vec": None, "pe": None,
+                          "transformer_options": args[7]},
+                         {"original_block": lambda a: {"img": a["img"], "txt": a["txt"]}})["img"]
+
+    x = torch.zeros(1, 16, 9, 7)
+    out = diffusion_model_wrapper(Executor(), x, SIGMA, None, None, None, None, None, options())
+    cols = torch.arange(20) % 4
+    assert torch.equal(out[:, cols >= 2], img[:, cols >= 2])  # nothing leaks past the mask edge
+    torch.testing.assert_close(out[:, cols < 2], (img + residual(pm, 0, emb.tokens, img))[:, cols < 2])
+
+
+@torch.no_grad()
 def test_uncond_rows_per_mode(env):
     base, pm, pp = env
     emb = T.tiny_embedding()

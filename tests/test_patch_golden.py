@@ -23,11 +23,12 @@ from comfyui_pulid_flux.pulid.embedding import IDEmbedding  # noqa: E402
 from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
 
 ATOL, RTOL = 1e-5, 1e-4  # spec §7: Flux in fp32
-PATCH = 2  # official packing (sampling.py prepare): 2x2 latent patches per token
 
 
-def pack(x):
-    return rearrange(x, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=PATCH, pw=PATCH)
+def pack(x, g):
+    """Official prepare() packing (sampling.py:32-63), patch size taken from the golden's shapes."""
+    _, patch = T.golden_latent_packing(g)
+    return rearrange(x, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=patch, pw=patch)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,10 @@ def test_flux_patched_matches_official(flux_golden, golden_models):
     def run(model):
         out = T.comfy_forward(model, io["in.noise_unpacked"], io["in.timesteps"], io["in.txt"], io["in.y"],
                               io["in.guidance"])
-        return pack(out)
+        return pack(out, g)
 
+    # pack() reproduces the official prepare() packing of the golden inputs
+    assert torch.equal(pack(io["in.noise_unpacked"], g), io["in.img"])
     unpatched = run(base)
     torch.testing.assert_close(unpatched, io["out.unpatched"], atol=ATOL, rtol=RTOL)
     cases = {
@@ -66,6 +69,30 @@ def test_flux_patched_matches_official(flux_golden, golden_models):
         out = run(model)
         torch.testing.assert_close(out, io[name], atol=ATOL, rtol=RTOL, msg=lambda m, n=name: f"{n}: {m}")
         assert (out - unpatched).abs().max() > 100 * ATOL  # the ID term is really there
+
+
+@torch.no_grad()
+def test_flux_hook_points_and_raw_ca_outputs_match_official(flux_golden):
+    """Each CA sits after the official block (sidecar ca_index_to_hook_point) and sees the official image
+    tokens there: its raw output (before id_weight) equals out.ca_raw.k of the official id_weight-1 call."""
+    g, io = flux_golden, flux_golden.io
+    base = T.golden_flux_patcher(g)
+    pm = T.golden_pulid_model(g)
+    log = T.instrument_cas(pm)
+    model = apply_pulid_flux(base, T.pulid_patcher(pm), IDEmbedding(tokens=io["in.id"]),
+                             weight=float(io["in.id_weight"]), uncond_mode="none")
+    dit = model.model_options["transformer_options"]["patches_replace"]["dit"]
+    kind = {"double_block": "double_blocks", "single_block": "single_blocks"}
+    hooks = {str(p.ca_index): f"{kind[name]}[{block}]" for (name, block), p in dit.items()}
+    assert hooks == g.meta["ca_index_to_hook_point"]
+    log.clear()
+    T.comfy_forward(model, io["in.noise_unpacked"], io["in.timesteps"], io["in.txt"], io["in.y"], io["in.guidance"])
+    index = {id(ca): i for i, ca in enumerate(pm.pulid_ca)}
+    raw = {index[id(e[1])]: e[5] for e in log if e[0] == "attend"}  # one forward: one attend per CA
+    ref = flux_golden.seq("out.ca_raw")
+    assert sorted(raw) == list(range(len(ref))) == list(range(g.meta["pulid_ca_constructor"]["count"]))
+    for k, expected in enumerate(ref):
+        torch.testing.assert_close(raw[k], expected, atol=ATOL, rtol=RTOL, msg=lambda m, k=k: f"ca_raw.{k}: {m}")
 
 
 # --------------------------------------------------------------------------------------- denoise loop
@@ -96,27 +123,44 @@ def _call_log_probe(log: list):
     return wrapper
 
 
-def _reconstruct_call_log(log, ca_refs) -> list[dict]:
-    """One entry per (model call, chunk), positive first: which ID the CA modules attended to."""
+def _first_hook_probe(model, pulid_model, log: list):
+    """Log what the first CA (after double block 0) attends with, and that block's full output, so that
+    each attend can be placed on its latent rows without assuming how the patch groups them."""
+    block = model.model.diffusion_model.double_blocks[0]
+    hook = block.register_forward_hook(lambda m, a, out: log.append(("block0", out[0].clone())))
+    ca = pulid_model.pulid_ca[0]
+    attend = ca.attend
+
+    def logged(img, k, v):
+        log.append(("ca0", img.clone(), k))
+        return attend(img, k, v)
+
+    ca.attend = logged  # a test-owned module instance
+    return hook
+
+
+def _reconstruct_call_log(log, id_refs) -> list[dict]:
+    """One entry per (model call, chunk), positive first: which ID the first CA attended to on that chunk's rows."""
     calls = []
     for entry in log:
         if entry[0] == "call":
-            calls.append({"t": entry[1], "chunks": entry[2], "guidance": entry[3][0], "ids": []})
-        else:
-            if entry[0] != "attend":
-                continue
-            ca, rows, k = entry[1:4]
-            name = next((n for n, ref in ca_refs[ca].items() if torch.equal(ref, k)), "unknown")
-            calls[-1]["ids"].append((rows, name))
+            calls.append({"t": entry[1], "chunks": entry[2], "guidance": entry[3][0], "ids": {}})
+        elif entry[0] == "block0":
+            calls[-1]["block0"] = entry[1]
+        elif entry[0] == "ca0":
+            img, k = entry[1], entry[2]
+            full = calls[-1]["block0"]  # (rows, tokens, hidden) output of double block 0
+            batch = full.shape[0] // len(calls[-1]["chunks"])
+            starts = [r for r in range(0, full.shape[0] - img.shape[0] + 1)
+                      if torch.equal(full[r:r + img.shape[0], :img.shape[1]], img)]
+            assert len(starts) == 1 and starts[0] % batch == 0 and img.shape[0] % batch == 0, starts
+            name = next((n for n, ref in id_refs.items() if torch.equal(ref, k)), "unknown")
+            for row in range(starts[0], starts[0] + img.shape[0], batch):
+                calls[-1]["ids"][calls[-1]["chunks"][row // batch]] = name
     out = []
     for c in calls:
-        ids = {}
-        if c["ids"]:
-            per_call = c["ids"][: len(c["chunks"])]  # the first CA module's groups, in chunk order
-            for chunk, (_, name) in zip(c["chunks"], per_call):
-                ids[chunk] = name
         for chunk in sorted(c["chunks"]):
-            out.append({"t": c["t"], "txt": "pos" if chunk == 0 else "neg", "id": ids.get(chunk, "None"),
+            out.append({"t": c["t"], "txt": "pos" if chunk == 0 else "neg", "id": c["ids"].get(chunk, "None"),
                         "guidance": c["guidance"]})
     return out
 
@@ -133,12 +177,15 @@ def test_flux_denoise_matches_official(flux_golden):
     io = g.io
     base = T.golden_flux_patcher(flux_golden)
     pm = T.golden_pulid_model(flux_golden)
-    log = T.instrument_cas(pm)  # same weights, logging project_id()/attend()
     pp = T.pulid_patcher(pm)
+    assert torch.equal(pack(io["in.noise_unpacked"], flux_golden), io["in.img"])
     sigmas = io["in.timesteps"].float()
     assert torch.allclose(sigmas.double(), torch.tensor(g.meta["timesteps"], dtype=torch.float64))
+    assert len(sigmas) == g.meta["num_steps"] + 1
     ids = {"id": io["in.id"], "uncond_id": io["in.uncond_id"]}
-    ca_refs = {ca: {n: ca.project_id(t)[0] for n, t in ids.items()} for ca in pm.pulid_ca}
+    id_refs = {n: pm.pulid_ca[0].project_id(t)[0] for n, t in ids.items()}
+    log: list = []
+    hook = _first_hook_probe(base, pm, log)
 
     for name, case in g.meta["cases"].items():
         guidance = case["guidance"]
@@ -158,12 +205,14 @@ def test_flux_denoise_matches_official(flux_golden):
         guider.set_conds(positive, negative)
         out = guider.sample(io["in.noise_unpacked"], torch.zeros_like(io["in.noise_unpacked"]),
                             comfy.samplers.sampler_object("euler"), sigmas, disable_pbar=True, seed=0)
-        got = pack(base.model.latent_format.process_in(out))
+        got = pack(base.model.latent_format.process_in(out), flux_golden)
         torch.testing.assert_close(got, io[f"out.{name}"], atol=ATOL, rtol=RTOL, msg=lambda m, n=name: f"{n}: {m}")
-        calls = _reconstruct_call_log(log, ca_refs)
+        calls = _reconstruct_call_log(log, id_refs)
         expected = g.meta["call_log"][name]
         assert len(calls) == len(expected), (name, calls)
         for got_call, exp in zip(calls, expected):
             assert math.isclose(got_call["t"], exp["t"], rel_tol=1e-6), (name, got_call, exp)
             assert (got_call["txt"], got_call["id"]) == (exp["txt"], exp["id"]), (name, got_call, exp)
             assert math.isclose(got_call["guidance"], exp["guidance"]), (name, got_call, exp)
+            assert exp["id"] == "None" or math.isclose(exp["id_weight"], case["id_weight"]), (name, exp)  # one weight
+    hook.remove()

@@ -23,11 +23,15 @@ class FluxLikeSampling:
         return 1.0 - p
 
 
-def test_step_index_matches_the_schedule():
-    schedule = [1.0, 0.8262588381767273, 0.6131871938705444, 0.34572523832321167, 0.0]
-    for i, s in enumerate(schedule[:-1]):
-        assert step_index(torch.tensor(s, dtype=torch.float32).item(), schedule) == i  # float32 round trip
-    assert step_index(0.7, schedule) == 1  # second evaluation of a 2-stage sampler belongs to step 1
+def test_step_index_matches_the_official_schedules(golden):
+    """The official shifted schedules of the flux_denoise sidecar (the tiny one and the full-size examples)."""
+    meta = golden("flux_denoise").meta
+    schedules = [meta["timesteps"], *meta.get("example_full_size_schedules", {}).values()]
+    for schedule in schedules:
+        for i, s in enumerate(schedule[:-1]):
+            assert step_index(torch.tensor(s, dtype=torch.float32).item(), schedule) == i  # float32 round trip
+            # a later evaluation inside the same step (2-stage samplers) belongs to that step
+            assert step_index((s + schedule[i + 1]) / 2, schedule) == i
     assert step_index(0.5, None) is None
 
 
@@ -59,6 +63,28 @@ def test_token_weights_area_average():
     # any resolution: the same relative region on a 3x smaller mask
     small = torch.nn.functional.interpolate(mask[None], size=(16, 24), mode="area")[0]
     torch.testing.assert_close(token_weights(small, (4, 6), "cpu", torch.float32), w.float(), atol=1e-6, rtol=0)
+
+
+def test_token_weights_follow_flux_padding_of_odd_latents():
+    # 72x56 px -> latent 9x7 -> Flux pads to 10x8 -> 5x4 tokens of 16x16 px; the last row / column of
+    # tokens holds 8 px of image and 8 px of padding, so the mask must not be stretched over all 5x4.
+    grid = token_grid(9, 7, 2)
+    assert grid == (5, 4)
+    mask = torch.zeros(1, 72, 56)
+    mask[:, :, :32] = 1.0  # exactly token columns 0 and 1 (pixels 0-31)
+    mask[:, 64:, 32:] = 0.25  # exactly the image part of token row 4 (pixels 64-71), columns 2-3
+    w = token_weights(mask, grid, "cpu", torch.float32, (9, 7, 2)).view(5, 4)
+    expected = torch.zeros(5, 4)
+    expected[:, :2] = 1.0
+    expected[4, 2:] = 0.25
+    torch.testing.assert_close(w, expected, atol=1e-6, rtol=0)
+    # the same relative region on a mask of another size
+    half = torch.nn.functional.interpolate(mask[None], size=(36, 28), mode="area")[0]
+    torch.testing.assert_close(token_weights(half, grid, "cpu", torch.float32, (9, 7, 2)).view(5, 4), expected,
+                               atol=1e-6, rtol=0)
+    even = torch.rand(2, 64, 96)  # an even latent (8x12): the same as spreading the mask over the whole grid
+    torch.testing.assert_close(token_weights(even, (4, 6), "cpu", torch.float32, (8, 12, 2)),
+                               token_weights(even, (4, 6), "cpu", torch.float32), atol=1e-6, rtol=0)
 
 
 def test_token_grid_matches_flux_padding():

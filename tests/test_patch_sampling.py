@@ -46,6 +46,11 @@ def attends(log) -> list:
 def test_weight_zero_is_the_model_itself(setup):
     base, _, pp, _ = setup
     assert apply_pulid_flux(base, pp, T.tiny_embedding(), weight=0.0) is base
+    # a weight-0 apply is a bypass, as the node's: the other inputs are not even looked at
+    assert apply_pulid_flux(base, pp, T.tiny_embedding(id_dim=48), weight=0) is base
+    assert apply_pulid_flux(base, None, None, weight=-0.0, start_percent=2.0) is base
+    with pytest.raises(ValueError, match=r"weight=nan must be a finite number"):
+        apply_pulid_flux(base, pp, T.tiny_embedding(), weight=float("nan"))
 
 
 def test_outside_the_window_is_bit_identical_and_free(setup):
@@ -143,12 +148,13 @@ def test_stacked_applies_and_foreign_patches_all_run(setup):
     assert not torch.equal(out, T.sample(one, steps=2, cfg=1.0))
 
 
-def test_core_skip_layer_guidance_after_pulid_runs(setup):
+@pytest.mark.parametrize("double_layers", ["1", "0, 1, 2"])  # "0, 1, 2": every double block, all our CAs in them
+def test_core_skip_layer_guidance_after_pulid_runs(setup, double_layers):
     from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
 
     base, _, pp, log = setup
     m = apply_pulid_flux(base, pp, T.tiny_embedding())
-    res = SkipLayerGuidanceDiT.execute(m, 3.0, 0.0, 1.0, "1", "1")
+    res = SkipLayerGuidanceDiT.execute(m, 3.0, 0.0, 1.0, double_layers, "1")
     slg = getattr(res, "result", None) or res.args
     log.clear()
     out = T.sample(slg[0], steps=2, cfg=2.0)
@@ -224,6 +230,18 @@ def test_bad_mask_batch_fails_at_sampling_and_leaves_the_model_clean(setup):
     assert torch.equal(T.sample(base, batch=2), fresh)
     ok = T.sample(apply_pulid_flux(base, pp, T.tiny_embedding(), mask=torch.ones(2, 48, 40)), batch=2)
     assert torch.isfinite(ok).all()
+
+
+def test_mask_weights_are_computed_once_per_run(setup, monkeypatch):
+    import comfyui_pulid_flux.pulid.patch as patch_module
+
+    base, _, pp, _ = setup
+    calls = []
+    real = patch_module.token_weights
+    monkeypatch.setattr(patch_module, "token_weights", lambda *a, **k: (calls.append(a[2:]), real(*a, **k))[1])
+    m = apply_pulid_flux(base, pp, T.tiny_embedding(), mask=torch.ones(1, 40, 56))
+    T.sample(m, steps=3, cfg=2.0, size=(40, 56))  # latent 5x7: odd on both sides
+    assert len(calls) == 1 and calls[0][2] == (5, 7, 2)  # not per step / block; told the latent size
 
 
 def test_downstream_clone_copies_no_pulid_weights(setup):
