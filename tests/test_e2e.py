@@ -57,6 +57,11 @@ def test_shipped_workflow_renders(e2e, workflow):
     assert not np.array_equal(img, e2e.baseline), "PuLID at weight 1 must change the image"
     encodes = nodes_of(api, "PuLIDFluxID_EncodeIdentity")
     assert encodes and set(encodes) <= res.executed_nodes | res.cached_nodes
+    ran = set(encodes) & res.executed_nodes
+    for node in ran:  # the progress bar over references reached the UI
+        steps = [d for t, d in res.messages if t == "progress" and str(d.get("node")) == node]
+        assert steps and steps[-1]["value"] == steps[-1]["max"] >= 2, steps
+        assert [d["value"] for d in steps] == sorted(d["value"] for d in steps)
 
 
 def test_plain_graph_after_pulid_equals_fresh_server(e2e):
