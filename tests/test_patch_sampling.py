@@ -17,18 +17,10 @@ from comfyui_pulid_flux.pulid.patch import RUN_KEY, apply_pulid_flux  # noqa: E4
 
 
 def model_sampling_flux(model, shift: float):
-    """What core's ModelSamplingFlux node does (comfy_extras/nodes_model_advanced.py; that module imports
-    comfy.sd, which needs torchaudio on 0.33): a clone with a shifted model_sampling object patch."""
-    import comfy.model_sampling
+    """Core's own ModelSamplingFlux node; max_shift == base_shift gives exactly `shift` at any size."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingFlux
 
-    class ModelSamplingAdvanced(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
-        pass
-
-    ms = ModelSamplingAdvanced(model.model.model_config)
-    ms.set_parameters(shift=shift)
-    m = model.clone()
-    m.add_object_patch("model_sampling", ms)
-    return m
+    return ModelSamplingFlux().patch(model, max_shift=shift, base_shift=shift, width=1024, height=1024)[0]
 
 
 @pytest.fixture()
