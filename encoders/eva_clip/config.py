@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 # Inputs of blocks 4, 8, 12, 16, 20 = the official `0 < idx <= 20 and idx % 4 == 0` taps
 # (eva_vit_model.py:524-527): raw residual stream, cls token included (spec §b.2).
@@ -75,16 +75,6 @@ class EvaVisionConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> EvaVisionConfig:
-        d = json.loads(text)
-        if "tap_blocks" in d:
-            d["tap_blocks"] = tuple(d["tap_blocks"])
-        return cls(**d)
-
-    def with_overrides(self, **overrides) -> EvaVisionConfig:
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     @classmethod
     def from_eva_clip_model_config(cls, cfg: dict) -> EvaVisionConfig:
