@@ -25,6 +25,19 @@ CA_PREFIX = "pulid_ca."
 UNSHAPED_KEYS = ("encoder_dim_head", "ca_dim_head")
 
 
+class PulidFlux:
+    """What the PULID socket carries: one loaded PuLID-Flux file and how ComfyUI loads its parts.
+
+    model: the PulidFluxModel (weights on the offload device). wrap(module): a ComfyUI ModelPatcher for a
+    module (built by the loader with its load/offload devices, so this package never imports ComfyUI).
+    name: the file name, for messages. encoder_patcher: the IDFormer's patcher (what Encode loads).
+    """
+
+    def __init__(self, model: PulidFluxModel, wrap, name: str = "PuLID-Flux model"):
+        self.model, self.wrap, self.name = model, wrap, name
+        self.encoder_patcher = wrap(model.pulid_encoder)
+
+
 class PulidCheckpointError(ValueError):
     """A file or state dict that is not a usable PuLID-Flux checkpoint; the message says why and what to do."""
 

@@ -7,9 +7,10 @@
 
 Standard library only: it runs with the system Python before any venv exists.
 ComfyUI is found at $COMFYUI_ROOT (a checkout of that version, or a folder holding
-ComfyUI-<version>/), else /opt/comfyui/ComfyUI-<version>, else cloned at the pinned tag
-into the cache when the network allows (short timeout). Without any ComfyUI the tests that
-need it skip with one line saying how to get it; every other test still runs.
+ComfyUI-<version>/), else unpacked in the cache, else unpacked there from
+../shared/comfyui/ComfyUI-<version>.tar.gz, else cloned at the pinned tag when the network
+allows (short timeout). Without any ComfyUI the tests that need it skip with one line saying
+how to get it, except under CI=true, where a missing ComfyUI fails the run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ PACK = Path(__file__).resolve().parent.parent
 VERSIONS = ("0.3.64", "0.33.0")
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 COMFYUI_GIT = "https://github.com/comfyanonymous/ComfyUI"
+SHARED = PACK.parent / "shared"
 CACHE = Path(os.environ.get("PULID_CACHE_DIR", Path.home() / ".cache" / "comfyui-pulid-flux"))
 # ComfyUI requirements installed separately: torch/torchvision are pinned above; no torchaudio wheel is
 # built for torch 2.14.1, and ComfyUI >= 0.2x imports torchaudio in comfy.sd, so the newest one is
@@ -55,7 +57,7 @@ def find_comfyui(version: str, clone: bool = True) -> Path | None:
     env = os.environ.get("COMFYUI_ROOT")
     if env:
         candidates += [Path(env), Path(env) / f"ComfyUI-{version}"]
-    candidates += [Path("/opt/comfyui") / f"ComfyUI-{version}", CACHE / f"ComfyUI-{version}"]
+    candidates.append(CACHE / f"ComfyUI-{version}")
     for c in candidates:
         if comfyui_version(c) == version:
             return c.resolve()
@@ -63,6 +65,12 @@ def find_comfyui(version: str, clone: bool = True) -> Path | None:
         return None
     dest = CACHE / f"ComfyUI-{version}"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    archive = SHARED / "comfyui" / f"ComfyUI-{version}.tar.gz"
+    if archive.is_file():
+        run(["tar", "-xzf", archive, "-C", dest.parent])
+        if comfyui_version(dest) == version:
+            return dest
+        log.warning("%s did not unpack to %s", archive, dest)
     try:
         run(["git", "clone", "--quiet", "--depth", "1", "--branch", f"v{version}", COMFYUI_GIT, dest],
             timeout=60, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
@@ -113,7 +121,8 @@ def test_env(root: Path | None) -> dict[str, str]:
     # Idle OpenMP threads sleep instead of spinning: on a loaded 2-core machine spinning made small CPU
     # forwards ~100x slower (measured); numerics are unaffected.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.setdefault("PULID_GOLDEN_DIR", str((PACK.parent / "shared" / "golden").resolve()))
+    env.setdefault("PULID_GOLDEN_DIR", str((SHARED / "golden").resolve()))
+    env.setdefault("PULID_THIRDPARTY_DIR", str((SHARED / "thirdparty").resolve()))
     if root:
         env["COMFYUI_ROOT"] = str(root)
     else:
@@ -125,6 +134,11 @@ def cmd_test(args: argparse.Namespace) -> int:
     failures = []
     for i, version in enumerate(args.versions):
         py, root = setup(version)
+        if root is None and os.environ.get("CI") == "true":
+            log.error("CI: ComfyUI %s not found (COMFYUI_ROOT, cache, %s, clone); failing", version,
+                      SHARED / "comfyui")
+            failures.append(f"ComfyUI {version} missing")
+            continue
         env = test_env(root)
         if i == 0:
             lint = subprocess.run([py, "-m", "ruff", "check", PACK], env=env)
