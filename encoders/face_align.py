@@ -1,11 +1,9 @@
-"""facexlib: 5-point FFHQ alignment to 512x512 and BiSeNet face parsing (spec §a.2-a.3).
+"""facexlib: 5-point FFHQ alignment to 512x512 and BiSeNet face parsing.
 
-``load_face_aligner(folder)`` loads facexlib's RetinaFace-ResNet50 detector (only needed for the
-official ``facexlib`` alignment source) and BiSeNet from ``folder`` (facexlib's ``model_rootpath``; no
-download). The alignment is the one of facexlib's ``FaceRestoreHelper`` (``get_face_landmarks_5(
-only_center_face=True)`` + ``align_warp_face``): detection at threshold 0.97, the face closest to the
-image centre, LMEDS similarity onto the FFHQ-512 template, constant gray border. ParseNet, which that
-helper also loads but PuLID never uses, is not needed.
+The alignment is that of facexlib's ``FaceRestoreHelper`` as the official code calls it
+(``get_face_landmarks_5(only_center_face=True)`` + ``align_warp_face``): RetinaFace at threshold 0.97, the
+face closest to the image centre, LMEDS similarity onto the FFHQ-512 template, constant gray border.
+ParseNet, which that helper also loads but PuLID never uses, is not needed.
 """
 
 from __future__ import annotations
@@ -25,12 +23,8 @@ log = logging.getLogger(__name__)
 
 DETECTION_FILE = "detection_Resnet50_Final.pth"  # facexlib init_detection_model('retinaface_resnet50')
 PARSING_FILE = "parsing_bisenet.pth"  # facexlib init_parsing_model('bisenet')
-FACEXLIB_SOURCE = {
-    DETECTION_FILE: "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
-    PARSING_FILE: "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",
-}
-ALIGN_SIZE = 512  # FaceRestoreHelper(face_size=512) (pipeline_flux.py:47-54)
-# FFHQ 5-point template for 512 px (facexlib face_restoration_helper.py:73-75): eyes, nose, mouth corners.
+ALIGN_SIZE = 512  # official PuLIDPipeline.__init__: FaceRestoreHelper(face_size=512)
+# FFHQ 5-point template for 512 px (facexlib FaceRestoreHelper.__init__): eyes, nose, mouth corners.
 FFHQ_TEMPLATE_512 = np.array(
     [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043],
      [313.08905, 371.15118]],
@@ -38,7 +32,7 @@ FFHQ_TEMPLATE_512 = np.array(
 )
 ALIGN_BORDER_VALUE = (135, 133, 132)  # warpAffine borderValue in align_warp_face (gray, BGR)
 FACEXLIB_DET_THRESHOLD = 0.97  # get_face_landmarks_5: detect_faces(img, 0.97)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # parsing input normalisation (pipeline_flux.py:163)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # parsing input normalisation (official get_id_embedding)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -51,9 +45,8 @@ def _check_files(folder: str, need_detector: bool) -> None:
         missing = wanted
     else:
         missing = [f for f in wanted if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
-        where = "; ".join(f"{f} from {FACEXLIB_SOURCE[f]}" for f in missing)
-        raise ModelFilesError(f"facexlib folder {folder!r} lacks {', '.join(missing)}: put {where} there")
+    if missing:  # checked here: facexlib itself would download a missing file
+        raise ModelFilesError(f"facexlib folder {folder!r} lacks {', '.join(missing)}")
 
 
 def _quiet(fn, *args, **kwargs):

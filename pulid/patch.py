@@ -27,7 +27,6 @@ from torch import Tensor
 
 from .guard import check_embedding, check_flux_model, check_weight
 from .model import PulidFluxModel
-from .patchers import ca_patcher
 from .regional import check_mask, check_mask_batch, grid_tokens, token_grid, token_weights
 from .schedule import check_window, is_active, sigma_window
 
@@ -371,7 +370,7 @@ def apply_pulid_flux(model, pulid, embedding, *, weight=1.0, start_percent=0.0, 
     mask = check_mask(mask)
     m = model.clone()
     effect = _Effect(
-        apply_id=uuid.uuid4().hex, ca_patcher=ca_patcher(pulid), tokens=tokens, uncond=uncond, weight=weight,
+        apply_id=uuid.uuid4().hex, ca_patcher=pulid.ca_patcher, tokens=tokens, uncond=uncond, weight=weight,
         percents=percents[:2], start_step=percents[2], uncond_mode=uncond_mode, mask=mask,
         fallback_window=sigma_window(m.get_model_object("model_sampling"), *percents[:2]),
     )

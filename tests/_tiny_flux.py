@@ -84,11 +84,11 @@ def tiny_pulid_model(hidden: int = 64, num_ca: int = 4, id_dim: int = TINY_ID_DI
 
 
 def pulid_patcher(pulid_model: PulidFluxModel):
-    import comfy.model_management as mm
-    import comfy.model_patcher
+    """What the PuLID loader node hands on: the model with the ModelPatcher factory of its devices."""
+    from comfyui_pulid_flux.nodes.loaders import wrap
+    from comfyui_pulid_flux.pulid.model import PulidFlux
 
-    return comfy.model_patcher.ModelPatcher(pulid_model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return PulidFlux(pulid_model, wrap, "tiny")
 
 
 def tiny_embedding(n: int = 1, id_dim: int = TINY_ID_DIM, seed: int = 2, tokens: int = 8, uncond=True) -> IDEmbedding:

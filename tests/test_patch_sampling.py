@@ -281,11 +281,8 @@ def test_kontext_reference_latents_run_and_only_main_tokens_get_the_id(setup):
 def test_sub_patchers_are_cached_and_disjoint(setup):
     import comfy.model_management as mm
 
-    from comfyui_pulid_flux.pulid.patchers import ca_patcher, encoder_patcher
-
     _, pm, pp, _ = setup
-    ca, enc = ca_patcher(pp), encoder_patcher(pp)
-    assert ca is ca_patcher(pp) and enc is encoder_patcher(pp)
+    ca, enc = pp.ca_patcher, pp.encoder_patcher
     assert ca.model is pm.pulid_ca and enc.model is pm.pulid_encoder
     assert not {id(p) for p in ca.model.parameters()} & {id(p) for p in enc.model.parameters()}
     mm.load_models_gpu([enc])  # what the encode node can load instead of the whole PuLID model

@@ -1,4 +1,4 @@
-"""EVA02-CLIP vision tower: timm's ``Eva`` trunk plus the five PuLID hidden-state taps (spec §b.2-b.4).
+"""EVA02-CLIP vision tower: timm's ``Eva`` trunk plus the five PuLID hidden-state taps.
 
 ``EvaVisionTower.forward(x)`` returns ``(pooled, hidden)``: ``pooled`` = head(norm(x)[:, 0]) (B, embed_dim)
 and ``hidden`` = the residual stream entering blocks 4, 8, 12, 16, 20, raw, cls token included,
@@ -8,7 +8,6 @@ and ``hidden`` = the residual stream entering blocks 4, 8, 12, 16, 20, raw, cls 
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
@@ -16,8 +15,6 @@ from torch import nn
 
 from ..errors import require
 from .config import EVA02_CLIP_L_336, EvaVisionConfig
-
-log = logging.getLogger(__name__)
 
 TIMM_MODEL_NAME = "eva02_large_patch14_clip_336"  # timm/models/eva.py; open_clip EVA02-L-14-336 uses it too
 
@@ -37,7 +34,7 @@ def _init_non_persistent_buffers(module: nn.Module) -> None:
 
 
 class EvaVisionTower(nn.Module):
-    """The vision tower. Build with ``EvaVisionTower(config)`` (random init) or ``load_eva_clip(path)``."""
+    """The vision tower. Build with ``EvaVisionTower(config)`` (random init) or ``build_eva_clip(state_dict)``."""
 
     def __init__(self, config: EvaVisionConfig = EVA02_CLIP_L_336, *, device=None, dtype=None, trunk=None):
         super().__init__()
@@ -52,7 +49,7 @@ class EvaVisionTower(nn.Module):
     def empty(cls, config: EvaVisionConfig = EVA02_CLIP_L_336) -> EvaVisionTower:
         """A tower whose parameters live on the meta device (no allocation, no init); RoPE caches are real.
 
-        Use ``load_state_dict(sd, assign=True)`` to give it weights (``checkpoint.load_eva_clip`` does).
+        Use ``load_state_dict(sd, assign=True)`` to give it weights (``build_eva_clip`` does).
         """
         with torch.device("meta"):
             trunk = _create_trunk(config)
@@ -74,18 +71,6 @@ class EvaVisionTower(nn.Module):
                 n += 1
         if n != len(self.trunk.blocks):
             raise RuntimeError(f"timm Eva attention without a fused_attn switch ({n}/{len(self.trunk.blocks)} blocks)")
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.trunk.patch_embed.proj.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.trunk.patch_embed.proj.weight.device
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # x: (B, 3, S, S) normalised with the OpenAI CLIP mean/std
