@@ -11,20 +11,18 @@ class EvaCheckpointError(ValueError):
     """An EVA-CLIP state dict cannot be used for the PuLID vision tower."""
 
 
-class ImageInputError(ValueError):
-    """A reference image cannot be used (type, shape, size, values); ``index`` names it."""
-
+class _AboutOneImage(Exception):
     def __init__(self, message: str, index: int | None = None):
         super().__init__(message)
-        self.index = index
+        self.index = index  # which reference image
 
 
-class FaceNotFoundError(RuntimeError):
-    """No usable face in a reference image; ``index`` names it."""
+class ImageInputError(_AboutOneImage, ValueError):
+    """A reference image cannot be used (type, shape, size, values)."""
 
-    def __init__(self, message: str, index: int | None = None):
-        super().__init__(message)
-        self.index = index
+
+class FaceNotFoundError(_AboutOneImage, RuntimeError):
+    """No usable face in a reference image."""
 
 
 class MissingDependencyError(ImportError):

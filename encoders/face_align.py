@@ -8,7 +8,6 @@ ParseNet, which that helper also loads but PuLID never uses, is not needed.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import warnings
@@ -18,8 +17,6 @@ import numpy as np
 import torch
 
 from .errors import ModelFilesError, require
-
-log = logging.getLogger(__name__)
 
 DETECTION_FILE = "detection_Resnet50_Final.pth"  # facexlib init_detection_model('retinaface_resnet50')
 PARSING_FILE = "parsing_bisenet.pth"  # facexlib init_parsing_model('bisenet')
@@ -41,10 +38,7 @@ _lock = threading.Lock()
 
 def _check_files(folder: str, need_detector: bool) -> None:
     wanted = [PARSING_FILE] + ([DETECTION_FILE] if need_detector else [])
-    if not os.path.isdir(folder):
-        missing = wanted
-    else:
-        missing = [f for f in wanted if not os.path.isfile(os.path.join(folder, f))]
+    missing = [f for f in wanted if not os.path.isfile(os.path.join(folder, f))]
     if missing:  # checked here: facexlib itself would download a missing file
         raise ModelFilesError(f"facexlib folder {folder!r} lacks {', '.join(missing)}")
 
@@ -59,25 +53,17 @@ class FaceAligner:
     """facexlib detector (lazy) + BiSeNet. Build with ``load_face_aligner``."""
 
     def __init__(self, folder: str, device: torch.device | str = "cpu"):
-        self.folder = folder
-        self.device = torch.device(device)
-        parsing = require("facexlib.parsing", "facexlib")
-        self.parser = _quiet(parsing.init_parsing_model, "bisenet", device=self.device, model_rootpath=folder)
-        self._detector = None
-        self._det_lock = threading.Lock()
+        self.folder, self.device, self._detector = folder, torch.device(device), None
+        self.parser = _quiet(require("facexlib.parsing", "facexlib").init_parsing_model, "bisenet",
+                             device=self.device, model_rootpath=folder)
 
     @property
     def detector(self):
         """facexlib RetinaFace-ResNet50, loaded on first use (only the ``facexlib`` alignment source needs it)."""
         if self._detector is None:
-            with self._det_lock:
-                if self._detector is None:
-                    _check_files(self.folder, need_detector=True)
-                    detection = require("facexlib.detection", "facexlib")
-                    self._detector = _quiet(
-                        detection.init_detection_model, "retinaface_resnet50", half=False, device=self.device,
-                        model_rootpath=self.folder,
-                    )
+            _check_files(self.folder, need_detector=True)
+            self._detector = _quiet(require("facexlib.detection", "facexlib").init_detection_model,
+                                    "retinaface_resnet50", half=False, device=self.device, model_rootpath=self.folder)
         return self._detector
 
     def detect_landmarks(self, bgr: np.ndarray) -> np.ndarray | None:
@@ -103,9 +89,8 @@ class FaceAligner:
         matrix = cv2.estimateAffinePartial2D(lmk, FFHQ_TEMPLATE_512, method=cv2.LMEDS)[0]
         if matrix is None or not np.isfinite(matrix).all():
             raise ValueError(f"cannot align a face from landmarks {lmk.round(1).tolist()}")
-        return cv2.warpAffine(
-            bgr, matrix, (ALIGN_SIZE, ALIGN_SIZE), borderMode=cv2.BORDER_CONSTANT, borderValue=ALIGN_BORDER_VALUE
-        )
+        return cv2.warpAffine(bgr, matrix, (ALIGN_SIZE, ALIGN_SIZE), borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=ALIGN_BORDER_VALUE)
 
     def parse(self, aligned_bgr: np.ndarray) -> torch.Tensor:
         """BiSeNet labels of the aligned face: (512, 512) int64 on the CPU (19 CelebAMask-HQ classes)."""

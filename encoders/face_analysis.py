@@ -43,13 +43,9 @@ class DetectedFace:
 
 
 def choose_face(faces: list[DetectedFace], rule: str = "largest", index: int = 0) -> int:
-    """Index into ``faces`` of the face to use.
-
-    ``largest``: by bbox area, largest first; index 0 is the official ``sorted(..., key=area)[-1]``
-    (ties: the last of the tied faces in detection order). ``left_to_right``: by bbox left edge.
-    """
-    if not faces:
-        raise ValueError("choose_face() needs at least one face")
+    """Index into ``faces`` of the face to use. ``largest``: by bbox area, largest first; index 0 is the official
+    ``sorted(..., key=area)[-1]`` (ties: the last of the tied faces in detection order). ``left_to_right``: by
+    bbox left edge."""
     if rule == "largest":
         order = list(reversed(sorted(range(len(faces)), key=lambda i: faces[i].area)))
     elif rule == "left_to_right":
@@ -65,35 +61,25 @@ def onnx_providers() -> list[str]:
     """CUDA when this onnxruntime build offers it, else CPU; logged once, with a warning for broken installs."""
     global _logged_providers
     ort = require("onnxruntime")
-    available = list(ort.get_available_providers())
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        providers.insert(0, "CUDAExecutionProvider")
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    providers = ["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"]
     if not _logged_providers:
         _logged_providers = True
-        log.info("PuLID-Flux: insightface runs with onnxruntime %s providers %s", getattr(ort, "__version__", "?"), providers)
-        dists = []
-        for name in ("onnxruntime", "onnxruntime-gpu"):
-            try:
-                importlib.metadata.distribution(name)
-                dists.append(name)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        if len(dists) == 2:
-            log.warning(
-                "PuLID-Flux: both onnxruntime and onnxruntime-gpu are installed; they overwrite each other and the CPU "
-                "build usually wins. Fix: python -m pip uninstall -y onnxruntime onnxruntime-gpu, then "
-                "python -m pip install onnxruntime-gpu (see the README for the CUDA 12 / 13 versions)"
-            )
-        if "CUDAExecutionProvider" not in available and _cuda_available():
-            log.info("PuLID-Flux: a CUDA GPU is present but onnxruntime has no CUDA provider; face detection runs on the CPU")
+        log.info("PuLID-Flux: insightface runs with onnxruntime %s providers %s", getattr(ort, "__version__", "?"),
+                 providers)
+        if all(_installed(name) for name in ("onnxruntime", "onnxruntime-gpu")):
+            log.warning("PuLID-Flux: both onnxruntime and onnxruntime-gpu are installed; they overwrite each other and "
+                        "the CPU build usually wins. Fix: python -m pip uninstall -y onnxruntime onnxruntime-gpu, then "
+                        "python -m pip install onnxruntime-gpu (see the README for the CUDA 12 / 13 versions)")
     return providers
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def check_antelopev2_folder(folder: str | os.PathLike) -> str:

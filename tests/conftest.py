@@ -110,8 +110,8 @@ class Golden:
             pytest.fail(f"golden sidecar {sidecar} is missing: set PULID_GOLDEN_DIR to a golden directory")
         self.name = name
         self.meta = json.loads(sidecar.read_text())
-        # Clone: safetensors buffers are 8-byte aligned and CPU GEMM then takes another kernel path
-        # (spec §7 note); clones are bit-exact with the official modules.
+        # Clone: safetensors buffers are only 8-byte aligned, and CPU GEMM then takes another kernel path;
+        # clones are bit-exact with the official modules.
         self.weights = {}
         if (GOLDEN_DIR / f"{name}.weights.safetensors").is_file():
             self.weights = {k: v.clone() for k, v in load_file(GOLDEN_DIR / f"{name}.weights.safetensors").items()}

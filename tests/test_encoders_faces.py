@@ -39,7 +39,7 @@ LEFT, CENTRE, RIGHT = (96, 224, 32, 200), (320, 224, 32, 220), (544, 96, 32, 250
 def test_analyzer_routes_the_pack_and_returns_raw_embeddings(models):
     fa = models.analyzer
     assert set(fa.app.models) == {"detection", "recognition"}
-    assert tuple(fa.app.det_model.input_size) == (640, 640)  # prepare(det_size=(640, 640)), deps.md §0
+    assert tuple(fa.app.det_model.input_size) == (640, 640)  # the official app.prepare(det_size=(640, 640))
     img = bgr(face_image(blobs=(CENTRE,)))
     faces = fa.detect(img)
     assert len(faces) == 1 and faces[0].kps.shape == (5, 2) and faces[0].embedding.shape == (ARCFACE_DIM,)

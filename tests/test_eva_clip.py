@@ -44,7 +44,7 @@ def test_config_from_sidecar_matches_derived(golden):
     g = golden("eva_visual")
     cfg = eva_config_from_official(g.meta["model_config"])
     d = g.meta["derived"]
-    assert cfg.num_heads == d["num_heads"] and cfg.head_dim == d["head_dim"]
+    assert cfg.num_heads == d["num_heads"] and cfg.width // cfg.num_heads == d["head_dim"]
     assert cfg.mlp_hidden == d["mlp_hidden"] and cfg.num_tokens == d["tokens"]
     full = eva_config_from_official(g.meta["official_full_config"])
     assert full == EVA02_CLIP_L_336

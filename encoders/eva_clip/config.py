@@ -48,10 +48,6 @@ class EvaVisionConfig:
         """Tokens per image including the cls token (577 for EVA02-L-336)."""
         return 1 + self.grid**2
 
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.num_heads
-
     def timm_kwargs(self) -> dict:
         """Overrides for ``timm.create_model('eva02_large_patch14_clip_336', ...)``."""
         return dict(

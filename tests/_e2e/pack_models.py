@@ -20,7 +20,7 @@ from .cache import CACHE_DIR, ensure, locked
 PULID_FILE = "pulid_flux_tiny.safetensors"
 EVA_FILE = "eva02_clip_tiny.pt"  # official eva_clip layout (visual.*), torch .pt
 GENERATOR_REV = 2
-FLUX_HIDDEN = 3072  # fixed by ComfyUI's Flux detection (docs/comfyui.md §5.1)
+FLUX_HIDDEN = 3072  # ComfyUI's Flux detection reads the hidden size from the checkpoint only as 3072
 
 
 def tiny_pulid_model(vit_dim: int, clip_embed_dim: int, seed: int = 0, arcface_dim: int = 512):
