@@ -115,7 +115,7 @@ def encode_identity(images, *, face_analyzer, aligner, eva, face_rule: str = "la
     if face_rule not in FACE_RULES or face_index < 0:
         raise ValueError(f"face rule {face_rule!r} / index {face_index}: use one of {FACE_RULES} and an index >= 0")
     rgbs = prepare_images(images)
-    total, done = 2 * len(rgbs), 0
+    progress = progress or (lambda done, total: None)
     weight = eva.trunk.patch_embed.proj.weight  # the tower runs where its weights are
     arcface, pooled, hidden, previews, info = [], [], [[] for _ in eva.config.tap_blocks], [], []
     for i, rgb in enumerate(rgbs):
@@ -126,9 +126,7 @@ def encode_identity(images, *, face_analyzer, aligner, eva, face_rule: str = "la
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime / cv2 / torch errors: re-raised with the image index
             raise RuntimeError(f"reference image {i}: face pipeline failed ({type(e).__name__}: {e})") from e
-        done += 1
-        if progress:
-            progress(done, total)
+        progress(2 * i + 1, 2 * len(rgbs))
         feats = face_features_image(aligned, labels)  # (1, 3, 512, 512) float32
         pool, taps = eva(eva_input(feats, eva.config.image_size, antialias).to(weight.device, weight.dtype))
         arcface.append(torch.from_numpy(emb))
@@ -137,9 +135,7 @@ def encode_identity(images, *, face_analyzer, aligner, eva, face_rule: str = "la
             hidden[k].append(t.float().cpu())  # (1, L, width)
         previews.append(feats[0].permute(1, 2, 0))  # (512, 512, 3)
         info.append(face_info)
-        done += 1
-        if progress:
-            progress(done, total)
+        progress(2 * i + 2, 2 * len(rgbs))
     arcface = torch.stack(arcface)  # (N, 512) raw
     return IdentityResult(arcface=arcface, id_cond=assemble_id_cond(arcface, torch.cat(pooled)),
                           id_vit_hidden=[torch.cat(h) for h in hidden], faces=torch.stack(previews).clamp(0, 1),

@@ -78,7 +78,7 @@ def test_resize_long_side_is_the_official_one():
     img = np.random.default_rng(1).integers(0, 256, (1500, 2001, 3), dtype=np.uint8)
     out = resize_long_side(img)
     k = 1024 / 2001
-    assert out.shape == (int(1500 * k), int(2001 * k), 3)  # int() truncation, pulid/utils.py:72-80
+    assert out.shape == (int(1500 * k), int(2001 * k), 3)  # int() truncation, as the official resize_numpy_image_long
     assert np.array_equal(out, cv2.resize(img, (int(2001 * k), int(1500 * k)), interpolation=cv2.INTER_LANCZOS4))
     small = img[:700, :900]
     assert resize_long_side(small) is small  # never up-scaled

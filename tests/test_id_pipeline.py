@@ -98,7 +98,7 @@ def _run(parts, *, no_insightface=False, antialias=True):
 
 def test_bg_labels_and_mask(parts):
     p, _, _ = parts
-    # the official label list (pipeline_flux.py:165-166) as the sidecar states it
+    # the official bg_label list (get_id_embedding) as the sidecar states it
     listed = re.search(r"\[([\d,\s]+)\]", p.meta["outputs"]["out.bg_mask"])
     assert listed, p.meta["outputs"]["out.bg_mask"]
     assert sorted(BG_LABELS) == sorted(int(v) for v in listed.group(1).split(","))
