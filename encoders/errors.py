@@ -1,6 +1,13 @@
-"""Error classes of the encoders; each subclasses a built-in, so callers may catch either."""
+"""Error classes of the encoders (each subclasses a built-in, so callers may catch either), and the two
+helpers every loader uses: lazy imports and models shared while alive."""
 
 from __future__ import annotations
+
+import threading
+import weakref
+
+_shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_shared_lock = threading.Lock()
 
 
 class ModelFilesError(FileNotFoundError):
@@ -41,3 +48,13 @@ def require(module: str, pip_name: str | None = None):
             f"PuLID-Flux needs the Python package {pkg!r} (import {module!r} failed: {e}); "
             f"install it into ComfyUI's Python with: python -m pip install {pkg}"
         ) from e
+
+
+def shared(key: tuple, build):
+    """The object built for ``key`` while anyone holds it (same folder -> same model), else ``build()`` anew;
+    nothing global keeps a model alive."""
+    with _shared_lock:
+        hit = _shared.get(key)
+        if hit is None:
+            hit = _shared[key] = build()
+        return hit

@@ -9,14 +9,12 @@ ParseNet, which that helper also loads but PuLID never uses, is not needed.
 from __future__ import annotations
 
 import os
-import threading
 import warnings
-import weakref
 
 import numpy as np
 import torch
 
-from .errors import ModelFilesError, require
+from .errors import ModelFilesError, require, shared
 
 DETECTION_FILE = "detection_Resnet50_Final.pth"  # facexlib init_detection_model('retinaface_resnet50')
 PARSING_FILE = "parsing_bisenet.pth"  # facexlib init_parsing_model('bisenet')
@@ -32,8 +30,6 @@ FACEXLIB_DET_THRESHOLD = 0.97  # get_face_landmarks_5: detect_faces(img, 0.97)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # parsing input normalisation (official get_id_embedding)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_lock = threading.Lock()
 
 
 def _check_files(folder: str, need_detector: bool) -> None:
@@ -113,12 +109,8 @@ def load_face_aligner(
     """
     folder = os.path.abspath(os.fspath(folder))
     _check_files(folder, need_detector)
-    key = (os.path.realpath(folder), str(torch.device(device)))
-    with _lock:
-        hit = _cache.get(key)
-        if hit is None:
-            hit = FaceAligner(folder, device)
-            _cache[key] = hit
+    aligner = shared(("facexlib", os.path.realpath(folder), str(torch.device(device))),
+                     lambda: FaceAligner(folder, device))
     if need_detector:
-        hit.detector  # noqa: B018 - load now so that a broken file fails at load time, not mid-encode
-    return hit
+        aligner.detector  # noqa: B018 - load now so that a broken file fails at load time, not mid-encode
+    return aligner

@@ -6,14 +6,12 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import threading
 import warnings
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FaceNotFoundError, ModelFilesError, require
+from .errors import FaceNotFoundError, ModelFilesError, require, shared
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +23,6 @@ ANTELOPEV2_RECOGNIZER = "glintr100.onnx"
 USED_TASKS = ["detection", "recognition"]
 FACE_RULES = ("largest", "left_to_right")
 
-_cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_lock = threading.Lock()
 _logged_providers = False
 
 
@@ -124,34 +120,28 @@ class FaceAnalyzer:
 
 
 def load_face_analyzer(folder: str | os.PathLike, *, providers: list[str] | None = None) -> FaceAnalyzer:
-    """insightface FaceAnalysis on the antelopev2 files in ``folder`` (never downloads).
-
-    Shared while alive: a second call for the same folder returns the same object; once the caller
-    drops it, it is released.
-    """
+    """insightface FaceAnalysis on the antelopev2 files in ``folder`` (never downloads); shared while alive."""
     folder = check_antelopev2_folder(folder)
     providers = list(providers) if providers else onnx_providers()
-    key = (os.path.realpath(folder), tuple(providers))
-    with _lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            return hit
-        insightface_app = require("insightface.app", "insightface")
-        files = sorted(os.listdir(folder))
-        try:
-            app = insightface_app.FaceAnalysis(name=folder, root=folder, allowed_modules=USED_TASKS, providers=providers)
-        except AssertionError as e:  # insightface asserts 'detection' in models, without a message
-            raise ModelFilesError(f"insightface found no face detector in {folder!r} (files: {files}); expected "
-                                  f"{ANTELOPEV2_DETECTOR}") from e
-        if "recognition" not in app.models:
-            raise ModelFilesError(f"insightface found no recognition model in {folder!r} (files: {files}); expected "
-                                  f"{ANTELOPEV2_RECOGNIZER}")
-        app.prepare(ctx_id=0, det_thresh=DET_THRESH, det_size=DET_SIZE)
-        used = app.det_model.session.get_providers()
-        if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in used:
-            log.warning("PuLID-Flux: onnxruntime could not start CUDA (using %s); check the CUDA / cuDNN versions", used)
-        analyzer = _cache[key] = FaceAnalyzer(app)
-        return analyzer
+    return shared(("insightface", os.path.realpath(folder), tuple(providers)), lambda: _load(folder, providers))
+
+
+def _load(folder: str, providers: list[str]) -> FaceAnalyzer:
+    insightface_app = require("insightface.app", "insightface")
+    files = sorted(os.listdir(folder))
+    try:
+        app = insightface_app.FaceAnalysis(name=folder, root=folder, allowed_modules=USED_TASKS, providers=providers)
+    except AssertionError as e:  # insightface asserts 'detection' in models, without a message
+        raise ModelFilesError(f"insightface found no face detector in {folder!r} (files: {files}); expected "
+                              f"{ANTELOPEV2_DETECTOR}") from e
+    if "recognition" not in app.models:
+        raise ModelFilesError(f"insightface found no recognition model in {folder!r} (files: {files}); expected "
+                              f"{ANTELOPEV2_RECOGNIZER}")
+    app.prepare(ctx_id=0, det_thresh=DET_THRESH, det_size=DET_SIZE)
+    used = app.det_model.session.get_providers()
+    if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in used:
+        log.warning("PuLID-Flux: onnxruntime could not start CUDA (using %s); check the CUDA / cuDNN versions", used)
+    return FaceAnalyzer(app)
 
 
 def no_face_error(index: int, tried: str) -> FaceNotFoundError:
