@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import import_pack, setup_comfyui
+from conftest import COMFYUI_ROOT, NO_COMFYUI, import_pack, setup_comfyui
 
+if COMFYUI_ROOT is None:
+    pytest.skip(NO_COMFYUI, allow_module_level=True)
 setup_comfyui()
 import_pack()
 from _e2e.pack_models import tiny_pulid_model  # noqa: E402
