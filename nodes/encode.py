@@ -10,13 +10,14 @@ import logging
 
 import comfy.model_management as mm
 import comfy.utils
+import torch
 from comfy_api.latest import io
 
 from .. import encoders
 from ..pulid.config import FLUX_DEV
 from ..pulid.embedding import IDEmbedding
 from ..pulid.patchers import encoder_patcher
-from .fusion import FUSIONS, fuse_tokens
+from .fusion import FUSIONS, fuse_tokens, joint_tokens
 from .types import CATEGORY, EvaClip, FaceAnalysis, Facexlib, Identity, PulidModel
 
 log = logging.getLogger("PuLID-Flux")
@@ -66,7 +67,8 @@ class EncodePulidFluxID(io.ComfyNode):
                 io.Combo.Input("fusion", options=FUSIONS, default="mean",
                                tooltip="Several references: mean of their ID tokens; weighted mean (fusion_weights); "
                                        "concat (all tokens side by side); per_batch_item (reference i drives latent "
-                                       "batch item i)."),
+                                       "batch item i); joint (all references through the ID encoder at once, the "
+                                       "official multi-image path)."),
                 io.String.Input("fusion_weights", default="",
                                 tooltip="For fusion 'weighted': one number per reference, e.g. '1, 0.5, 0.5'."),
                 io.Boolean.Input("antialias", default=True,
@@ -93,10 +95,16 @@ class EncodePulidFluxID(io.ComfyNode):
             image, face_analyzer=face_analysis, aligner=facexlib, eva=tower, id_encoder=encoder,
             uncond_encoder=encoder.uncond, face_rule=face_rule, face_index=face_index, align_source=align_source,
             antialias=antialias, device=pulid.load_device, dtype=encoder.latents.dtype, progress=progress)
-        tokens = fuse_tokens(result.tokens, fusion, fusion_weights)  # (1, T, D) or (N, 32, D)
+        if fusion == "joint":  # (1, 32, D)
+            with torch.no_grad():
+                tokens = joint_tokens(encoder, result.id_cond.to(pulid.load_device, encoder.latents.dtype),
+                                      [h.to(pulid.load_device, encoder.latents.dtype) for h in result.id_vit_hidden])
+        else:
+            tokens = fuse_tokens(result.tokens, fusion, fusion_weights)  # (1, T, D) or (N, 32, D)
         meta = {**result.meta, "fusion": fusion, "fusion_weights": fusion_weights, "face_rule": face_rule,
                 "face_index": str(face_index), "align_source": align_source}
-        identity = IDEmbedding(tokens=tokens.float().cpu(), uncond=result.uncond, meta=meta)
+        identity = IDEmbedding(tokens=tokens.float().cpu(), uncond=result.uncond, meta=meta,
+                               arcface=result.id_cond[:, :FLUX_DEV.arcface_dim].float().cpu())  # raw ArcFace
         for info in result.info:
             log.info("PuLID-Flux: reference %d: %d face(s), used %s%s", info.index, info.num_faces,
                      info.face_index, " (ArcFace fallback on the aligned crop)" if info.used_fallback else "")
