@@ -9,6 +9,8 @@ from .apply import ApplyPulidFluxID
 from .encode import EncodePulidFluxID
 from .id_io import LoadPulidFluxID, SavePulidFluxID
 from .loaders import EvaClipLoader, FaceAnalysisLoader, FacexlibLoader, PulidFluxModelLoader
+from .sheet import PulidFluxLikenessSheet
+from .similarity import PulidFluxFaceSimilarity
 
 NODES: list[type[io.ComfyNode]] = [
     PulidFluxModelLoader,
@@ -19,6 +21,8 @@ NODES: list[type[io.ComfyNode]] = [
     ApplyPulidFluxID,
     SavePulidFluxID,
     LoadPulidFluxID,
+    PulidFluxFaceSimilarity,
+    PulidFluxLikenessSheet,
 ]
 
 paths.register()
