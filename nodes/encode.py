@@ -17,7 +17,7 @@ from .. import encoders
 from ..pulid.config import FLUX_DEV
 from ..pulid.embedding import IDEmbedding
 from ..pulid.patchers import encoder_patcher
-from .fusion import FUSIONS, fuse_tokens, joint_tokens
+from .fusion import FUSIONS, fuse_tokens, joint_tokens, parse_weights
 from .types import CATEGORY, EvaClip, FaceAnalysis, Facexlib, Identity, PulidModel
 
 log = logging.getLogger("PuLID-Flux")
@@ -84,6 +84,8 @@ class EncodePulidFluxID(io.ComfyNode):
                 fusion, fusion_weights, antialias) -> io.NodeOutput:
         pulid_model, tower = pulid.model, eva_clip.model.tower
         check_compatible(pulid_model, tower, FLUX_DEV.arcface_dim)
+        if fusion == "weighted":  # bad weights fail before the face models run
+            parse_weights(fusion_weights, image.shape[0] if image.ndim == 4 else 1)
         mm.load_models_gpu([encoder_patcher(pulid), eva_clip])  # the IDFormer only; the CAs stay offloaded
         bar = comfy.utils.ProgressBar(1)
 
