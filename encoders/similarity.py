@@ -86,7 +86,11 @@ def score_faces(faces: Sequence, references: np.ndarray, mode: str = "mean", ite
     faces = [f for f in faces if f.embedding is not None]
     if not faces:
         return ImageScore(NO_FACE_SCORE, (), None)
-    sims = reduce_references(cosine(np.stack([f.embedding for f in faces]), references), mode, item)
+    emb = np.stack([f.embedding for f in faces])
+    if emb.shape[1] != references.shape[1]:
+        raise ValueError(f"the reference ArcFace embeddings have {references.shape[1]} values but this face model "
+                         f"gives {emb.shape[1]}: use the face model (antelopev2) the identity was encoded with")
+    sims = reduce_references(cosine(emb, references), mode, item)
     scored = tuple(FaceScore(tuple(float(v) for v in f.bbox), float(f.score), float(s)) for f, s in zip(faces, sims))
     chosen = int(np.argmax(sims))
     return ImageScore(scored[chosen].similarity, scored, chosen)

@@ -72,6 +72,8 @@ def test_reference_modes(analyzer):
     np.testing.assert_allclose(item, [1.0, 1.0], atol=1e-5)
     with pytest.raises(ValueError, match="per_item"):
         sim.score_images(analyzer, as_image(A, B, A), refs, "per_item")
+    with pytest.raises(ValueError, match="use the face model"):
+        sim.score_images(analyzer, imgs, refs[:, :100])
     with pytest.raises(ValueError, match="reference mode 'median'"):
         sim.score_images(analyzer, imgs, refs, "median")
 
