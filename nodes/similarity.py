@@ -83,5 +83,7 @@ class PulidFluxFaceSimilarity(io.ComfyNode):
         values = [float(s.similarity) for s in scores]
         text = sim.summary(scores, references, len(refs))
         log.info("PuLID-Flux: %s", text)
-        return io.NodeOutput(values, ", ".join(f"{v:.4f}" for v in values), annotated, text,
-                             ui=ui.PreviewText(text))
+        # the annotated faces show on the node (any frontend shows "images"); "text" is the summary line, which
+        # the current frontend displays for its own text nodes only: wire 'summary' to Preview Any to read it
+        shown = {**ui.PreviewImage(annotated, cls=cls).as_dict(), **ui.PreviewText(text).as_dict()}
+        return io.NodeOutput(values, ", ".join(f"{v:.4f}" for v in values), annotated, text, ui=shown)
