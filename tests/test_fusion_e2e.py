@@ -62,3 +62,10 @@ def test_saved_id_with_non_finite_tokens_is_refused_at_load(e2e, bad):
     _error(e2e, api, "PuLIDFluxID_LoadID", name, "NaN or infinite", "encode the reference images again")
     ok = e2e.run(_multi(e2e))  # the server is fine afterwards
     assert e2e.image(ok).shape == (TINY_SIZE, TINY_SIZE, 3)
+
+
+def test_joint_fusion_renders_and_differs_from_mean(e2e):
+    mean = e2e.image(e2e.run(_multi(e2e, fusion="mean")))
+    joint = e2e.image(e2e.run(_multi(e2e, fusion="joint")))
+    assert joint.shape == (TINY_SIZE, TINY_SIZE, 3) and joint.max() > 0
+    assert not np.array_equal(joint, mean) and not np.array_equal(joint, e2e.baseline)
