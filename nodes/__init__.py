@@ -9,9 +9,12 @@ from .apply import ApplyPulidFluxID
 from .encode import EncodeIdentity
 from .id_io import LoadPulidFluxID, SavePulidFluxID
 from .loaders import EvaClipLoader, FaceAnalysisLoader, FacexlibLoader, ModelLoader
+from .sheet import PulidFluxLikenessSheet
+from .similarity import PulidFluxFaceSimilarity
 
 NODES: list[type[io.ComfyNode]] = [ModelLoader, EvaClipLoader, FaceAnalysisLoader, FacexlibLoader, EncodeIdentity,
-                                   ApplyPulidFluxID, SavePulidFluxID, LoadPulidFluxID]
+                                   ApplyPulidFluxID, SavePulidFluxID, LoadPulidFluxID, PulidFluxFaceSimilarity,
+                                   PulidFluxLikenessSheet]
 
 paths.register()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..pulid.cfg import DEFAULT_CFG_START_STEP, set_cfg_start
 from ..pulid.patch import apply_pulid_flux
 from .types import CATEGORY, Identity, PulidModel
 
@@ -39,6 +40,11 @@ class ApplyPulidFluxID(io.ComfyNode):
                                tooltip="With true CFG (cfg > 1 and a negative prompt): what the negative branch "
                                        "gets. uncond_id = the ID encoder run on zeros (official); none = no ID; "
                                        "same = the ID as well. Fake CFG (cfg 1) is unaffected."),
+                io.Int.Input("cfg_start_step", default=DEFAULT_CFG_START_STEP, min=0, max=10000, optional=True,
+                             tooltip="With true CFG (cfg > 1): no negative pass before this step; the positive "
+                                     "prediction alone is used there (official timestep_to_start_cfg, default 1). "
+                                     "0 = ComfyUI's CFG on every step. Counted per sampler (split sampling: from "
+                                     "each sampler's first step). No effect at cfg 1 or weight 0."),
                 io.Mask.Input("attn_mask", optional=True,
                               tooltip="Optional MASK: the ID only acts where the mask is > 0 (any resolution; "
                                       "one mask or one per latent batch item)."),
@@ -48,9 +54,11 @@ class ApplyPulidFluxID(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, pulid, identity, weight, start_percent, end_percent, start_step, uncond_mode,
-                attn_mask=None) -> io.NodeOutput:
+                attn_mask=None, cfg_start_step=DEFAULT_CFG_START_STEP) -> io.NodeOutput:
         # weight 0 returns the input MODEL itself (a bypass; pulid/patch.py decides, after checking the weight)
         patched = apply_pulid_flux(model, pulid, identity, weight=weight, start_percent=start_percent,
                                    end_percent=end_percent, start_step=start_step, uncond_mode=uncond_mode,
                                    mask=attn_mask)
+        if patched is not model:  # our own clone (weight 0 returns the input MODEL untouched)
+            set_cfg_start(patched, cfg_start_step)
         return io.NodeOutput(patched)

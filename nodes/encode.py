@@ -17,7 +17,7 @@ from .. import encoders
 from ..pulid.config import FLUX_DEV
 from ..pulid.embedding import IDEmbedding
 from . import paths
-from .fusion import FUSIONS, fuse_tokens
+from .fusion import FUSIONS, fuse_tokens, joint_tokens, parse_weights
 from .types import CATEGORY, EvaClip, FaceAnalysis, Facexlib, Identity, PulidModel
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class EncodeIdentity(io.ComfyNode):
                 io.Combo.Input("fusion", options=FUSIONS, default="mean",
                                tooltip="Several references: mean of their ID tokens; weighted mean (fusion_weights); "
                                        "concat (all tokens side by side); per_batch_item (reference i drives latent "
-                                       "batch item i)."),
+                                       "batch item i); joint (all references through the ID encoder at once, the "
+                                       "official multi-image path)."),
                 io.String.Input("fusion_weights", default="",
                                 tooltip="For fusion 'weighted': one number per reference, e.g. '1, 0.5, 0.5'."),
                 io.Boolean.Input("antialias", default=True,
@@ -79,6 +80,8 @@ class EncodeIdentity(io.ComfyNode):
                 fusion, fusion_weights, antialias) -> io.NodeOutput:
         encoder = pulid.model.pulid_encoder
         check_compatible(encoder, eva_clip.tower.config)
+        if fusion == "weighted":  # bad weights fail before the face models run
+            parse_weights(fusion_weights, image.shape[0] if image.ndim == 4 else 1)
         # the IDFormer and EVA only (the CAs stay offloaded); EVA whole, it is plain torch
         mm.load_models_gpu([pulid.encoder_patcher, eva_clip.patcher], force_full_load=True)
         bar = comfy.utils.ProgressBar(1)
@@ -90,13 +93,17 @@ class EncodeIdentity(io.ComfyNode):
             raise paths.missing(paths.FACEXLIB, f"{e}: turn on load_detector in 'Load facexlib (PuLID-Flux)' or "
                                                 "choose align_source insightface") from e
         device, dtype = pulid.encoder_patcher.load_device, encoder.latents.dtype
+        id_cond, hidden = result.id_cond.to(device, dtype), [h.to(device, dtype) for h in result.id_vit_hidden]
         with torch.no_grad():
-            tokens = encoder(result.id_cond.to(device, dtype), [h.to(device, dtype) for h in result.id_vit_hidden])
+            if fusion == "joint":  # all references through the IDFormer at once: (1, 32, D)
+                tokens = joint_tokens(encoder, id_cond, hidden)
+            else:
+                tokens = fuse_tokens(encoder(id_cond, hidden).float().cpu(), fusion, fusion_weights)
             uncond = encoder.uncond_id(eva_clip.tower.config.num_tokens)
         meta = {**result.meta, "fusion": fusion, "fusion_weights": fusion_weights, "face_rule": face_rule,
                 "face_index": str(face_index), "align_source": align_source}
-        identity = IDEmbedding(tokens=fuse_tokens(tokens.float().cpu(), fusion, fusion_weights),
-                               uncond=uncond.float().cpu(), meta=meta)
+        identity = IDEmbedding(tokens=tokens.float().cpu(), uncond=uncond.float().cpu(), meta=meta,
+                               arcface=result.arcface.float().cpu())
         for info in result.info:
             log.info("PuLID-Flux: reference %d: %d face(s), used %s%s", info.index, info.num_faces,
                      info.face_index, " (ArcFace fallback on the aligned crop)" if info.used_fallback else "")

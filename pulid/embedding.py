@@ -13,19 +13,32 @@ from torch import Tensor
 FORMAT = "pulid-flux-id/1"
 
 
+def _check_finite(name: str, t: Tensor | None) -> None:
+    if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(
+            f"the identity's {name} hold {bad} NaN or infinite value(s) of {t.numel()}: the ID is corrupt and "
+            f"would give a black image; encode the reference images again (and save the new ID)"
+        )
+
+
 @dataclass(frozen=True)
 class IDEmbedding:
-    """ID tokens of one or more identities, plus the uncond ID for true CFG.
+    """ID tokens of one or more identities, plus the uncond ID for true CFG and the reference ArcFace embeddings.
 
-    tokens: (N, T, id_dim) float32 on the CPU. N = 1: one identity, broadcast over the latent batch;
-            N = B: one identity per latent batch item. T is 32, or 32 * refs for concatenated references.
-    uncond: (1, T_u, id_dim): the IDFormer run on zeros (official negative-branch ID), or None.
-    meta:   free-form strings (source images, fusion, model) kept in saved files.
+    tokens:  (N, T, id_dim) float32 on the CPU. N = 1: one identity, broadcast over the latent batch;
+             N = B: one identity per latent batch item. T is 32, or 32 * refs for concatenated references.
+    uncond:  (1, T_u, id_dim): the IDFormer run on zeros (official negative-branch ID), or None.
+    arcface: (N_ref, 512) float32: the raw ArcFace embedding of every reference image (what the face
+             similarity node compares generated faces with), or None (IDs saved by older versions).
+    meta:    free-form strings (source images, fusion, model) kept in saved files.
+    Every tensor must be finite: a NaN / inf identity is refused here, before it reaches sampling.
     """
 
     tokens: Tensor
     uncond: Tensor | None = None
     meta: dict[str, str] = field(default_factory=dict)
+    arcface: Tensor | None = None
 
     def __post_init__(self):
         if self.tokens.ndim != 3:
@@ -34,6 +47,11 @@ class IDEmbedding:
             raise ValueError(
                 f"uncond ID shape {tuple(self.uncond.shape)} does not match tokens {tuple(self.tokens.shape)}"
             )
+        if self.arcface is not None and (self.arcface.ndim != 2 or self.arcface.shape[0] < 1):
+            raise ValueError(f"reference ArcFace embeddings must be (N_ref, dim), got shape {tuple(self.arcface.shape)}")
+        _check_finite("ID tokens", self.tokens)
+        _check_finite("uncond ID tokens", self.uncond)
+        _check_finite("reference ArcFace embeddings", self.arcface)
 
     @property
     def id_dim(self) -> int:
@@ -45,6 +63,8 @@ class IDEmbedding:
         tensors = {"tokens": self.tokens.detach().float().cpu().contiguous()}
         if self.uncond is not None:
             tensors["uncond"] = self.uncond.detach().float().cpu().contiguous()
+        if self.arcface is not None:
+            tensors["arcface"] = self.arcface.detach().float().cpu().contiguous()
         save_file(tensors, str(path), metadata={"format": FORMAT, "meta": json.dumps(self.meta)})
 
     @classmethod
@@ -63,5 +83,10 @@ class IDEmbedding:
                 f"{path.name} is not a PuLID-Flux ID file (format {metadata.get('format')!r}, "
                 f"keys {sorted(tensors)}); create one with the Save ID node"
             )
-        return cls(tokens=tensors["tokens"].to(torch.float32), uncond=tensors.get("uncond"),
-                   meta=json.loads(metadata.get("meta", "{}")))
+        arcface = tensors.get("arcface")
+        try:
+            return cls(tokens=tensors["tokens"].to(torch.float32), uncond=tensors.get("uncond"),
+                       meta=json.loads(metadata.get("meta", "{}")),
+                       arcface=None if arcface is None else arcface.to(torch.float32))
+        except ValueError as e:
+            raise ValueError(f"saved ID {path.name} is refused: {e}") from e

@@ -48,7 +48,7 @@ def test_package_inside_comfyui_exposes_only_the_v3_entrypoint():
     paths = [str(COMFYUI_ROOT)] + ([str(STUBS)] if importlib.util.find_spec("torchaudio") is None else [])
     res = _run(code, prelude, PYTHONPATH=os.pathsep.join(paths))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.startswith("8 ["), res.stdout
+    assert res.stdout.startswith("10 ["), res.stdout
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_schemas_are_unique_prefixed_and_documented(nodes):
     assert ours == {"PULIDFLUXID_MODEL", "PULIDFLUXID_EVA_CLIP", "PULIDFLUXID_FACE_ANALYSIS", "PULIDFLUXID_FACEXLIB",
                     "PULIDFLUXID_ID"}
     assert not types & PEER_TYPES
-    assert len(ids) == 8
+    assert len(ids) == 10
 
 
 def test_folders_keep_paths_an_extra_model_paths_yaml_defined(nodes):

@@ -17,7 +17,8 @@ from _e2e.server import PACK_DIR_NAME
 
 pytest_plugins = ["_e2e.fixtures"]
 
-EXPECTED = ["pulid_flux_basic", "pulid_flux_multi_reference", "pulid_flux_true_cfg", "pulid_flux_two_people"]
+EXPECTED = ["pulid_flux_basic", "pulid_flux_likeness_sweep", "pulid_flux_multi_reference", "pulid_flux_true_cfg",
+            "pulid_flux_two_people"]
 REAL_NAMES = {"UNETLoader": "flux1-dev.safetensors", "VAELoader": "ae.safetensors",
               "PuLIDFluxID_ModelLoader": "pulid_flux_v0.9.1.safetensors",
               "PuLIDFluxID_EvaClipLoader": "EVA02_CLIP_L_336_psz14_s6B.pt"}

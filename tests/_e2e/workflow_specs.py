@@ -23,7 +23,8 @@ SIZE = 1024
 
 ENCODE_DEFAULTS = {"face_rule": "largest", "face_index": 0, "align_source": "facexlib", "fusion": "mean",
                    "fusion_weights": "", "antialias": True}
-APPLY_DEFAULTS = {"weight": 1.0, "start_percent": 0.0, "end_percent": 1.0, "start_step": 0, "uncond_mode": "uncond_id"}
+APPLY_DEFAULTS = {"weight": 1.0, "start_percent": 0.0, "end_percent": 1.0, "start_step": 0, "uncond_mode": "uncond_id",
+                  "cfg_start_step": 1}
 
 
 def _common(prompt: str, negative: str | None, cfg: float, model_src: tuple[str, int]) -> list:
@@ -119,11 +120,50 @@ def true_cfg() -> list:
             _apply("apply", ("unet", 0), ("encode", 0), (3, 0), uncond_mode="uncond_id")]
 
 
+SWEEP_WEIGHTS = (0.5, 1.0, 1.5)  # likeness sweep: every weight at every start step, one seed
+SWEEP_STARTS = (0, 4)
+
+
+def likeness_sweep() -> list:
+    """The same seed at several weights and start steps, scored and drawn as one contact sheet + a chart."""
+    combos = [(w, s) for s in SWEEP_STARTS for w in SWEEP_WEIGHTS]  # batch order = the sheet's order
+    nodes = [n for n in _common(PORTRAIT, None, 1.0, ("apply0", 0)) if n[0] not in ("sampler", "decode", "save")]
+    nodes += [*_pulid_loaders(), ("img", "LoadImage", {"image": "pulid_reference.png"}, {}, (2, 2)),
+              _encode("encode", ("img", 0), (2, 0))]
+    for i, (w, s) in enumerate(combos):
+        nodes += [_apply(f"apply{i}", ("unet", 0), ("encode", 0), (5 + i, 0), weight=w, start_step=s),
+                  (f"sampler{i}", "KSampler", {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
+                                               "scheduler": "simple", "denoise": 1.0},
+                   {"model": (f"apply{i}", 0), "positive": ("guid", 0), "negative": ("neg", 0),
+                    "latent_image": ("latent", 0)}, (5 + i, 1))]
+        if i:
+            prev = ("sampler0", 0) if i == 1 else (f"batch{i - 1}", 0)
+            nodes.append((f"batch{i}", "LatentBatch", {}, {"samples1": prev, "samples2": (f"sampler{i}", 0)},
+                          (5 + i, 2)))
+    last = (f"batch{len(combos) - 1}", 0)
+    values = ", ".join
+    nodes += [
+        ("decode", "VAEDecode", {}, {"samples": last, "vae": ("vae", 0)}, (11, 0)),
+        ("likeness", "PuLIDFluxID_FaceSimilarity", {"references": "mean"},
+         {"face_analysis": ("face", 0), "image": ("decode", 0), "identity": ("encode", 0)}, (12, 0)),
+        ("sheet", "PuLIDFluxID_LikenessSheet",
+         {"weights": values(f"{w:g}" for w, _ in combos), "start_steps": values(str(s) for _, s in combos),
+          "columns": len(SWEEP_WEIGHTS)},
+         {"images": ("decode", 0), "similarities": ("likeness", 1)}, (13, 0)),
+        ("save_sheet", "SaveImage", {"filename_prefix": "pulid_sweep_sheet"}, {"images": ("sheet", 0)}, (14, 0)),
+        ("save_chart", "SaveImage", {"filename_prefix": "pulid_sweep_chart"}, {"images": ("sheet", 1)}, (14, 1)),
+        ("annotated", "PreviewImage", {}, {"images": ("likeness", 2)}, (13, 2)),
+    ]
+    return nodes
+
+
 WORKFLOWS = {
     "pulid_flux_basic": (basic, "One reference photo, fake CFG (cfg 1, Flux guidance 3.5): the official default."),
     "pulid_flux_multi_reference": (multi_reference, "Three photos of one person, ID tokens averaged (fusion mean)."),
     "pulid_flux_two_people": (two_people, "Two identities in one image: two chained Apply nodes, left/right masks."),
     "pulid_flux_true_cfg": (true_cfg, "True CFG (cfg 4, a negative prompt); the negative branch gets the uncond ID."),
+    "pulid_flux_likeness_sweep": (likeness_sweep, "One seed at weights 0.5 / 1 / 1.5 and start steps 0 / 4, scored by "
+                                                  "ArcFace similarity: a contact sheet and a likeness chart."),
 }
 
 

@@ -1,0 +1,195 @@
+"""The official denoise loop (flux_denoise golden) through ComfyUI's own CFGGuider, with the Apply node's
+official true-CFG start (pulid/cfg.py): every case, its output and its call log (which prompt and which ID
+each model call got, in order) from the golden sidecar; the negative pass is really skipped before the
+start step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import COMFYUI_ROOT, NO_COMFYUI, setup_comfyui
+
+if COMFYUI_ROOT is None:
+    pytest.skip(NO_COMFYUI, allow_module_level=True)
+setup_comfyui()
+
+import _tiny_flux as T  # noqa: E402
+from einops import rearrange  # noqa: E402
+
+from comfyui_pulid_flux.pulid.cfg import CALC_COND_BATCH, CFG_WRAPPER_KEY, set_cfg_start  # noqa: E402
+from comfyui_pulid_flux.pulid.embedding import IDEmbedding  # noqa: E402
+from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
+
+ATOL, RTOL = 1e-5, 1e-4  # Flux in fp32, as the other golden tests
+
+
+def pack(x, g):
+    """Official prepare() packing (sampling.py:32-63), patch size taken from the golden's shapes."""
+    _, patch = T.golden_latent_packing(g)
+    return rearrange(x, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=patch, pw=patch)
+
+
+def _call_log_probe(log: list):
+    def wrapper(executor, *args, **kwargs):
+        to = args[7]
+        log.append(("call", float(args[1].max()), list(to["cond_or_uncond"]), args[4].tolist()))
+        return executor(*args, **kwargs)
+
+    return wrapper
+
+
+def _first_hook_probe(model, pulid_model, log: list):
+    """Log what the first CA attends with and double block 0's output, to place each attend on its rows."""
+    block = model.model.diffusion_model.double_blocks[0]
+    hook = block.register_forward_hook(lambda m, a, out: log.append(("block0", out[0].clone())))
+    ca = pulid_model.pulid_ca[0]
+    attend = ca.attend
+
+    def logged(img, k, v):
+        log.append(("ca0", img.clone(), k))
+        return attend(img, k, v)
+
+    ca.attend = logged  # a test-owned module instance
+    return hook
+
+
+def _reconstruct_call_log(log, id_refs) -> list[dict]:
+    """One entry per (model call, chunk), positive first: which ID the first CA attended to on that chunk's rows."""
+    calls = []
+    for entry in log:
+        if entry[0] == "call":
+            calls.append({"t": entry[1], "chunks": entry[2], "guidance": entry[3][0], "ids": {}})
+        elif entry[0] == "block0":
+            calls[-1]["block0"] = entry[1]
+        elif entry[0] == "ca0":
+            img, k = entry[1], entry[2]
+            full = calls[-1]["block0"]
+            batch = full.shape[0] // len(calls[-1]["chunks"])
+            starts = [r for r in range(0, full.shape[0] - img.shape[0] + 1)
+                      if torch.equal(full[r:r + img.shape[0], :img.shape[1]], img)]
+            assert len(starts) == 1 and starts[0] % batch == 0 and img.shape[0] % batch == 0, starts
+            name = next((n for n, ref in id_refs.items() if torch.equal(ref, k)), "unknown")
+            for row in range(starts[0], starts[0] + img.shape[0], batch):
+                calls[-1]["ids"][calls[-1]["chunks"][row // batch]] = name
+    out = []
+    for c in calls:
+        for chunk in sorted(c["chunks"]):
+            out.append({"t": c["t"], "txt": "pos" if chunk == 0 else "neg", "id": c["ids"].get(chunk, "None"),
+                        "guidance": c["guidance"]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def denoise_setup():
+    from conftest import Golden
+
+    flux_golden = Golden("flux_patched")
+    g = Golden("flux_denoise")
+    assert g.meta["weights_file_shared_with"].removesuffix(".weights.safetensors") == flux_golden.name
+    base = T.golden_flux_patcher(flux_golden)
+    pm = T.golden_pulid_model(flux_golden)
+    return g, flux_golden, base, pm, T.pulid_patcher(pm)
+
+
+def _sample(g, flux_golden, base, model, case):
+    import comfy.samplers
+
+    io = g.io
+    guidance = case["guidance"]
+    positive = [[io["in.txt"], {"pooled_output": io["in.vec"], "guidance": guidance}]]
+    negative = positive
+    if "neg_txt" in case:
+        negative = [[io["in.neg_txt"], {"pooled_output": io["in.neg_vec"], "guidance": guidance}]]
+    guider = comfy.samplers.CFGGuider(model)  # ComfyUI's own guider, unmodified
+    guider.set_cfg(case["true_cfg"])
+    guider.set_conds(positive, negative)
+    sigmas = io["in.timesteps"].float()
+    out = guider.sample(io["in.noise_unpacked"], torch.zeros_like(io["in.noise_unpacked"]),
+                        comfy.samplers.sampler_object("euler"), sigmas, disable_pbar=True, seed=0)
+    return pack(base.model.latent_format.process_in(out), flux_golden)
+
+
+@torch.no_grad()
+def test_official_denoise_loop_through_cfgguider(denoise_setup):
+    import comfy.patcher_extension as pe
+
+    g, flux_golden, base, pm, pp = denoise_setup
+    io = g.io
+    assert torch.equal(pack(io["in.noise_unpacked"], flux_golden), io["in.img"])
+    sigmas = io["in.timesteps"].float()
+    assert torch.allclose(sigmas.double(), torch.tensor(g.meta["timesteps"], dtype=torch.float64))
+    assert len(sigmas) == g.meta["num_steps"] + 1
+    ids = {"id": io["in.id"], "uncond_id": io["in.uncond_id"]}
+    id_refs = {n: pm.pulid_ca[0].project_id(t)[0] for n, t in ids.items()}
+    log: list = []
+    hook = _first_hook_probe(base, pm, log)
+    try:
+        for name, case in g.meta["cases"].items():
+            model = base
+            if case["id"] is not None:
+                emb = IDEmbedding(tokens=io["in.id"], uncond=io["in.uncond_id"] if "uncond_id" in case else None)
+                model = apply_pulid_flux(base, pp, emb, weight=case["id_weight"], start_step=case["start_step"],
+                                         uncond_mode="uncond_id" if emb.uncond is not None else "none")
+                assert model is not base
+                set_cfg_start(model, case.get("timestep_to_start_cfg", 1))  # what the Apply node does
+            model = model.clone()
+            log.clear()
+            model.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_probe", _call_log_probe(log))
+            got = _sample(g, flux_golden, base, model, case)
+            torch.testing.assert_close(got, io[f"out.{name}"], atol=ATOL, rtol=RTOL,
+                                       msg=lambda m, n=name: f"{n}: {m}")
+            calls = _reconstruct_call_log(log, id_refs)
+            expected = g.meta["call_log"][name]
+            assert len(calls) == len(expected), (name, calls)
+            for got_call, exp in zip(calls, expected):
+                assert math.isclose(got_call["t"], exp["t"], rel_tol=1e-6), (name, got_call, exp)
+                assert (got_call["txt"], got_call["id"]) == (exp["txt"], exp["id"]), (name, got_call, exp)
+                assert math.isclose(got_call["guidance"], exp["guidance"]), (name, got_call, exp)
+                assert exp["id"] == "None" or math.isclose(exp["id_weight"], case["id_weight"]), (name, exp)
+            # the number of model rows per step: the negative pass is skipped, not computed and thrown away
+            steps = g.meta["timesteps"][:-1]
+            chunks = [sum(len(e[2]) for e in log if e[0] == "call" and math.isclose(e[1], t, rel_tol=1e-6))
+                      for t in steps]
+            per_step = [sum(1 for c in expected if math.isclose(c["t"], t, rel_tol=1e-6)) for t in steps]
+            assert chunks == per_step, (name, chunks, per_step)
+    finally:
+        hook.remove()
+
+
+@torch.no_grad()
+def test_cfg_start_zero_runs_comfyui_cfg_on_every_step(denoise_setup):
+    """cfg_start_step 0: the negative pass runs from step 0 (ComfyUI's own CFG), so step 0 differs from official."""
+    import comfy.patcher_extension as pe
+
+    g, flux_golden, base, pm, pp = denoise_setup
+    io, case = g.io, g.meta["cases"]["true_cfg"]
+    emb = IDEmbedding(tokens=io["in.id"], uncond=io["in.uncond_id"])
+    model = apply_pulid_flux(base, pp, emb, weight=case["id_weight"], start_step=case["start_step"])
+    set_cfg_start(model, case["timestep_to_start_cfg"])
+    assert len(model.get_wrappers(CALC_COND_BATCH, CFG_WRAPPER_KEY)) == 1
+    set_cfg_start(model, 0)
+    assert model.get_wrappers(CALC_COND_BATCH, CFG_WRAPPER_KEY) == []
+    log: list = []
+    model = model.clone()
+    model.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_probe", _call_log_probe(log))
+    got = _sample(g, flux_golden, base, model, case)
+    steps = g.meta["timesteps"][:-1]
+    chunks = [sorted(c for e in log if math.isclose(e[1], t, rel_tol=1e-6) for c in e[2]) for t in steps]
+    assert chunks == [[0, 1]] * g.meta["num_steps"]  # positive and negative on every step
+    assert (got - io["out.true_cfg"]).abs().max() > 100 * ATOL
+
+
+def test_set_cfg_start_leaves_the_input_model_alone(denoise_setup):
+    _, _, base, _, _ = denoise_setup
+    before = {k: {kk: list(vv) for kk, vv in v.items()} for k, v in base.wrappers.items()}
+    m = base.clone()
+    set_cfg_start(m, 3)
+    set_cfg_start(m, 2)  # replaces, never stacks
+    assert [w.start_step for w in m.get_wrappers(CALC_COND_BATCH, CFG_WRAPPER_KEY)] == [2]
+    assert {k: {kk: list(vv) for kk, vv in v.items()} for k, v in base.wrappers.items()} == before
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="cfg_start_step"):
+            set_cfg_start(m, bad)
