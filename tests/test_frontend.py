@@ -42,7 +42,7 @@ DIALOGS = """[...document.querySelectorAll('.p-dialog, [role=dialog]')]
 LOAD = """(async () => {
   await app.loadGraphData(%s, true, true, %s);
   await new Promise(r => setTimeout(r, 1500));
-  const nodes = app.graph.nodes ?? app.graph._nodes;
+  const g = app.rootGraph ?? app.graph, nodes = g.nodes ?? g._nodes;
   return {
     dialogs: %s,
     unregistered: nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type),
@@ -51,7 +51,7 @@ LOAD = """(async () => {
 })()"""
 
 SHRINK = """(() => {
-  const g = app.graph, nodes = [...(g.nodes ?? g._nodes)];
+  const g = app.rootGraph ?? app.graph, nodes = [...(g.nodes ?? g._nodes)];
   const set = (n, name, v) => { const w = n.widgets.find(w => w.name === name); w.value = v; w.callback?.(v); };
   const link = id => g.links instanceof Map ? g.links.get(id) : g.links[id];
   for (const n of nodes) {
@@ -79,6 +79,17 @@ QUEUE = """(async () => {
   app.api.addEventListener('execution_error', e => { window.__pulid.done = {ok: false, error: e.detail}; });
   await app.queuePrompt(0, 1);
   return true;
+})()"""
+
+FIT = """(() => {  // the whole graph in view, below the top bar and right of the side bar
+  const g = app.rootGraph ?? app.graph, nodes = g.nodes ?? g._nodes, ds = app.canvas.ds, title = 30;
+  const x0 = Math.min(...nodes.map(n => n.pos[0])), y0 = Math.min(...nodes.map(n => n.pos[1] - title));
+  const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
+  const left = 70, top = 80, w = innerWidth - left - 20, h = innerHeight - top - 20;
+  ds.scale = Math.min(w / (x1 - x0), h / (y1 - y0));
+  ds.offset = [left / ds.scale - x0, top / ds.scale - y0];
+  app.canvas.setDirty(true, true);
+  return ds.scale;
 })()"""
 
 WAIT = "(() => window.__pulid.done ?? ((d => d.length ? {ok: false, dialogs: d} : null)(%s)))()" % DIALOGS
@@ -122,6 +133,7 @@ def frontend(request, tmp_path_factory):
     settings = base / "user" / "default" / "comfy.settings.json"  # a returning user: no first-run template dialog
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                                    "Comfy.Workflow.Persist": False,  # each test starts from its own graph
                                     "LiteGraph.Canvas.MinFontSizeForLOD": 1,  # readable text in the screenshot
                                     "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.1}))
     server = ComfyServer(root, sys.executable, base, model_paths=model_paths_yaml_sections(CACHE_DIR),
@@ -162,11 +174,14 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
         assert loaded["dialogs"] == [], f"{where}: dialog(s) after loading: {loaded['dialogs']}"
         assert loaded["unregistered"] == [], f"{where}: missing node types {loaded['unregistered']}"
         for node in wf["nodes"]:
-            shown = loaded["widgets"][str(node["id"])]
+            shown = loaded["widgets"].get(str(node["id"]))
+            assert shown is not None, f"{where}: node {node['id']} {node['type']} is not in the graph ({list(loaded['widgets'])})"
             for i, (wname, value) in enumerate(_expected_widgets(node, frontend["object_info"])):
                 got = shown[i][1] if wname is None else dict(shown).get(wname, "<no widget>")
                 assert got == value, f"{where}: node {node['id']} {node['type']}.{wname} shows {got!r}, JSON {value!r}"
         if name == "pulid_flux_basic" and frontend["kind"] == "pinned":
+            page.js(FIT)
+            time.sleep(0.5)  # one frame
             page.screenshot(frontend["base"] / "screenshot_basic.png")
             if os.environ.get("PULID_UPDATE_SCREENSHOT") == "1":
                 shutil.copy(frontend["base"] / "screenshot_basic.png", SCREENSHOT)
