@@ -159,7 +159,7 @@ Pick your photo(s) in the Load Image node(s): a clear, front-facing face works b
 NOTES = {
     "pulid_flux_basic": """## PuLID-Flux ID: one reference photo
 Official defaults: Flux guidance 4, 28 steps, cfg 1 (fake CFG), weight 1, start_step 0.
-* Face too weak: raise **weight** (up to about 1.2).
+* **weight**: higher brings the face closer at the cost of style and prompt (0.9-1.0 works well with v0.9.1).
 * Image too stiff, prompt ignored: **start_step** 1-4 (4 is the official photoreal setting) lets Flux lay out
   the image before the ID joins in.""",
     "pulid_flux_multi_reference": """## PuLID-Flux ID: several photos of one person
