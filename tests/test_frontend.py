@@ -73,8 +73,11 @@ SHRINK = """(() => {
 })()"""
 
 QUEUE = """(async () => {
-  window.__pulid = {done: null, images: []};
-  app.api.addEventListener('executed', e => { for (const im of (e.detail?.output?.images || [])) window.__pulid.images.push(im); });
+  window.__pulid = {done: null, images: [], text: {}};
+  app.api.addEventListener('executed', e => {
+    for (const im of (e.detail?.output?.images || [])) window.__pulid.images.push(im);
+    if (e.detail?.output?.text) window.__pulid.text[String(e.detail.node)] = e.detail.output.text;
+  });
   app.api.addEventListener('execution_success', e => { window.__pulid.done = {ok: true}; });
   app.api.addEventListener('execution_error', e => { window.__pulid.done = {ok: false, error: e.detail}; });
   await app.queuePrompt(0, 1);
@@ -90,6 +93,17 @@ FIT = """(() => {  // the whole graph in view, below the top bar and right of th
   ds.offset = [left / ds.scale - x0, top / ds.scale - y0];
   app.canvas.setDirty(true, true);
   return ds.scale;
+})()"""
+
+ADD_SAVE_ID = """(() => {
+  const g = app.rootGraph ?? app.graph, nodes = g.nodes ?? g._nodes;
+  const enc = nodes.find(n => n.type === 'PuLIDFluxID_EncodeIdentity');
+  const s = LiteGraph.createNode('PuLIDFluxID_SaveID');
+  g.add(s);
+  s.pos = [enc.pos[0], enc.pos[1] + 420];
+  s.widgets.find(w => w.name === 'filename_prefix').value = %s;
+  enc.connect(0, s, 0);
+  return String(s.id);
 })()"""
 
 WAIT = "(() => window.__pulid.done ?? ((d => d.length ? {ok: false, dialogs: d} : null)(%s)))()" % DIALOGS
@@ -162,15 +176,30 @@ def _expected_widgets(node: dict, object_info: dict) -> list[tuple[str, object]]
     return out
 
 
+def _open(page, frontend: dict, name: str) -> tuple[dict, str]:
+    page.goto(frontend["server"].url + "/", width=1920, height=1080)
+    page.wait_for(READY, 120, f"frontend ({frontend['label']}) ready")
+    loaded = page.js(LOAD % (json.dumps(load_workflow(name)), json.dumps(f"{name}.json"), DIALOGS))
+    return loaded, f"{name} in the frontend {frontend['label']}"
+
+
+def _shrink(page) -> None:
+    clip = next(n for n, (_u, d) in MODELS.items() if d == "text_encoders" and n != T5XXL)
+    page.js(SHRINK % {"size": TINY, "steps": STEPS, "clip": json.dumps(clip)})
+
+
+def _queue(page, server, where: str) -> None:
+    page.js(QUEUE)
+    done = page.wait_for(WAIT, 600, f"{where}: the queued prompt")
+    assert done["ok"], f"{where}: {json.dumps(done)[:3000]}\n--- server log ---\n{server.tail(40)}"
+
+
 @pytest.mark.parametrize("name", list(WORKFLOWS))
 def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name):
     server, wf = frontend["server"], load_workflow(name)
     page = frontend["browser"].page()
     try:
-        page.goto(server.url + "/", width=1920, height=1080)
-        page.wait_for(READY, 120, f"frontend ({frontend['label']}) ready")
-        loaded = page.js(LOAD % (json.dumps(wf), json.dumps(f"{name}.json"), DIALOGS))
-        where = f"{name} in the frontend {frontend['label']}"
+        loaded, where = _open(page, frontend, name)
         assert loaded["dialogs"] == [], f"{where}: dialog(s) after loading: {loaded['dialogs']}"
         assert loaded["unregistered"] == [], f"{where}: missing node types {loaded['unregistered']}"
         for node in wf["nodes"]:
@@ -185,18 +214,28 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
             page.screenshot(frontend["base"] / "screenshot_basic.png")
             if os.environ.get("PULID_UPDATE_SCREENSHOT") == "1":
                 shutil.copy(frontend["base"] / "screenshot_basic.png", SCREENSHOT)
-        assert T5XXL in MODELS
-        page.js(SHRINK % {"size": TINY, "steps": STEPS, "clip": json.dumps(next(iter(
-            n for n, (_u, d) in MODELS.items() if d == "text_encoders" and n != T5XXL)))})
-        t0 = time.perf_counter()
-        page.js(QUEUE)
-        done = page.wait_for(WAIT, 600, f"{where}: the queued prompt")
-        assert done["ok"], f"{where}: {json.dumps(done)[:3000]}\n--- server log ---\n{server.tail(40)}"
+        _shrink(page)
+        _queue(page, server, where)
         images = page.js("window.__pulid.images")
         saved = [im for im in images if im.get("type") == "output"]
         assert saved, f"{where}: the UI received no output image ({images})"
         img = pixels(server.view(saved[-1]))
         assert img.shape == (TINY, TINY, 3), img.shape
-        assert time.perf_counter() - t0 < 600
+    finally:
+        page.close()
+
+
+def test_save_id_shows_the_saved_name_on_the_node(frontend):
+    """web/save_id.js draws the name the node sends to the UI (ui.PreviewText) on the node."""
+    page = frontend["browser"].page()
+    try:
+        _, where = _open(page, frontend, "pulid_flux_basic")
+        _shrink(page)
+        node = page.js(ADD_SAVE_ID % json.dumps(f"ui/{frontend['kind']}"))
+        _queue(page, frontend["server"], where)
+        sent = page.js("window.__pulid.text")
+        assert node in sent and sent[node][0].startswith(f"pulid_ids/ui/{frontend['kind']}_"), sent
+        shown = page.js(f"(app.rootGraph ?? app.graph).getNodeById({node}).pulidSavedAs ?? null")
+        assert shown == "saved: " + sent[node][0], f"{where}: the Save ID node shows {shown!r}"
     finally:
         page.close()
