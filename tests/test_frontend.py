@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -212,8 +211,11 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
             page.js(FIT)
             time.sleep(0.5)  # one frame
             page.screenshot(frontend["base"] / "screenshot_basic.png")
-            if os.environ.get("PULID_UPDATE_SCREENSHOT") == "1":
-                shutil.copy(frontend["base"] / "screenshot_basic.png", SCREENSHOT)
+            if os.environ.get("PULID_UPDATE_SCREENSHOT") == "1":  # a small palette PNG for the README
+                from PIL import Image
+
+                Image.open(frontend["base"] / "screenshot_basic.png").convert("RGB").quantize(colors=128).save(
+                    SCREENSHOT, optimize=True)
         _shrink(page)
         _queue(page, server, where)
         images = page.js("window.__pulid.images")
