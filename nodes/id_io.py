@@ -10,7 +10,7 @@ import os
 import posixpath
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..pulid.embedding import IDEmbedding
 from . import paths
@@ -68,7 +68,9 @@ class SavePulidFluxID(io.ComfyNode):
         identity.save(os.path.join(folder, file))
         rel = os.path.join(subfolder, file) if subfolder else file
         log.info("PuLID-Flux: saved ID %s", os.path.join(folder, file))
-        return io.NodeOutput(f"{paths.ID_SUBFOLDER}/{rel} [output]")
+        name = f"{paths.ID_SUBFOLDER}/{rel} [output]"
+        # the name also goes to the UI: shown on the node and in the queue's output of this prompt
+        return io.NodeOutput(name, ui=ui.PreviewText(name))
 
 
 class LoadPulidFluxID(io.ComfyNode):

@@ -59,8 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--comfyui", required=True, type=Path, help="a ComfyUI checkout (0.3.64 or newer)")
     p.add_argument("--models", type=Path, help="a ComfyUI models folder with the real weights (README table)")
     p.add_argument("--out", type=Path, help="where to write the PNG (default: ~/.cache/comfyui-pulid-flux/demo/)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: 20 with --models, else 4)")
-    p.add_argument("--size", type=int, help="image side in pixels (default: 1024 with --models, else 128)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the workflow's 28 with --models, else 4)")
+    p.add_argument("--size", type=int, help="square image side in pixels (default: the workflow's 896x1152 with --models, else 128)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
 

@@ -93,10 +93,14 @@ def test_saved_id_is_reused_without_face_models(e2e):
     api = _fast(e2e.api("pulid_flux_basic"))
     encode = nodes_of(api, "PuLIDFluxID_EncodeIdentity")[0]
     api["900"] = {"class_type": "PuLIDFluxID_SaveID", "inputs": {"identity": [encode, 0], "filename_prefix": "e2e/me"}}
-    direct = e2e.image(e2e.run(api))
+    first = e2e.run(api)
+    direct = e2e.image(first)
     options = e2e.server.get_json("/object_info/PuLIDFluxID_LoadID")["PuLIDFluxID_LoadID"]["input"]["required"]
     saved = [o for o in options["id_name"][1]["options"] if o.startswith("pulid_ids/e2e/me_")]
     assert saved, options
+    # the saved name reaches the UI (ui.PreviewText): in the 'executed' message and in the queue's history
+    shown = [d["output"]["text"] for t, d in first.messages if t == "executed" and str(d.get("node")) == "900"]
+    assert shown == [[saved[-1]]] and first.history["outputs"]["900"]["text"] == [saved[-1]], (shown, saved)
     assert (e2e.base / "output" / "pulid_ids" / "e2e" / saved[-1].split("/")[-1].split(" ")[0]).is_file()
     reuse = {k: v for k, v in api.items() if not v["class_type"].startswith("PuLIDFluxID_") or
              v["class_type"] in ("PuLIDFluxID_Apply", "PuLIDFluxID_ModelLoader")}

@@ -1,4 +1,4 @@
-"""The onnxruntime decision logic of install.py (pure; nothing is installed)."""
+"""install.py: the onnxruntime decision logic (pure), and the report-only default (nothing is installed)."""
 
 import importlib.util
 import sys
@@ -56,5 +56,41 @@ def test_cpu_mode_warns_about_both_installed():
 
 
 def test_bad_mode_names_value():
-    with pytest.raises(ValueError, match="PULID_ONNXRUNTIME='fast'"):
+    with pytest.raises(ValueError, match="mode 'fast'"):
         install.plan(cpu=None, gpu=None, torch_cuda=None, mode="fast")
+
+
+@pytest.fixture
+def shadowed_gpu(monkeypatch):
+    """A venv where insightface's CPU onnxruntime shadows onnxruntime-gpu, torch on CUDA 13; pip is recorded."""
+    versions = {"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1"}
+    monkeypatch.setattr(install, "_installed", versions.get)
+    monkeypatch.setattr(install, "_torch_cuda", lambda: ("13.0", True))
+    calls = []
+    monkeypatch.setattr(install.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    return calls
+
+
+def test_default_run_changes_nothing_and_logs_the_exact_commands(shadowed_gpu, caplog):
+    caplog.set_level("INFO", logger="PuLID-Flux install")
+    assert install.main([]) == 0
+    assert shadowed_gpu == [], "install.py must not run pip unless --repair-onnxruntime is given"
+    expected_steps, _ = install.plan("1.32.0", "1.31.1", "13.0")
+    for step in expected_steps:  # every fix is printed as a command the user can paste
+        assert install.command(sys.executable, step) in caplog.text
+    assert f"install.py {install.REPAIR_FLAG}" in caplog.text
+
+
+def test_repair_flag_runs_exactly_the_logged_commands(shadowed_gpu):
+    assert install.main([install.REPAIR_FLAG]) == 0
+    steps, _ = install.plan("1.32.0", "1.31.1", "13.0")
+    assert shadowed_gpu == [[sys.executable, "-m", "pip", *s.pip_args] for s in steps] and steps
+
+
+def test_healthy_or_cpu_only_venv_reports_nothing_to_fix(monkeypatch, caplog):
+    monkeypatch.setattr(install, "_installed", {"onnxruntime": "1.32.0"}.get)
+    monkeypatch.setattr(install, "_torch_cuda", lambda: (None, False))
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
+    caplog.set_level("INFO", logger="PuLID-Flux install")
+    assert install.main([]) == 0 and install.main([install.REPAIR_FLAG]) == 0
+    assert "needs a repair" not in caplog.text

@@ -13,10 +13,11 @@ import warnings
 import torch
 from torch import nn
 
-from ..errors import require
+from ..errors import MissingDependencyError, require
 from .config import EVA02_CLIP_L_336, EvaVisionConfig
 
 TIMM_MODEL_NAME = "eva02_large_patch14_clip_336"  # timm/models/eva.py; open_clip EVA02-L-14-336 uses it too
+TIMM_MIN_VERSION = "1.0.23"  # first timm whose rotary embeddings have init_non_persistent_buffers()
 
 
 def _create_trunk(config: EvaVisionConfig) -> nn.Module:
@@ -24,6 +25,16 @@ def _create_trunk(config: EvaVisionConfig) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return timm.create_model(TIMM_MODEL_NAME, pretrained=False, **config.timm_kwargs())
+
+
+def _init_non_persistent_buffers(module: nn.Module) -> int:
+    n = 0
+    for m in module.modules():
+        init = getattr(m, "init_non_persistent_buffers", None)
+        if callable(init):
+            init()
+            n += 1
+    return n
 
 
 class EvaVisionTower(nn.Module):
@@ -46,13 +57,17 @@ class EvaVisionTower(nn.Module):
             trunk = _create_trunk(config)
         tower = cls(config, trunk=trunk)
         # Non-persistent buffers (RoPE bands / sin-cos cache) are not in any checkpoint: compute them on CPU.
+        rebuilt = 0
         for mod in tower.modules():
             for name, buf in list(mod.named_buffers(recurse=False)):
                 if buf.is_meta:
                     mod.register_buffer(name, torch.empty(buf.shape, dtype=buf.dtype), persistent=False)
-        for m in tower.modules():
-            if callable(getattr(m, "init_non_persistent_buffers", None)):
-                m.init_non_persistent_buffers()
+                    rebuilt += 1
+        if _init_non_persistent_buffers(tower) == 0 and rebuilt:  # else the RoPE tables stay uninitialised memory
+            raise MissingDependencyError(
+                f"timm {getattr(require('timm'), '__version__', '?')} is too old for the EVA-CLIP tower: its rotary "
+                f"embedding cannot rebuild its buffers; upgrade it in ComfyUI's Python with: "
+                f"python -m pip install 'timm>={TIMM_MIN_VERSION}'")
         return tower
 
     def _force_sdpa(self) -> None:

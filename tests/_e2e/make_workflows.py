@@ -12,22 +12,20 @@ own UI JSON is written. A developer tool: the tests never run it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from _e2e import ui_to_api, workflow_specs  # noqa: E402
+from _e2e.browser import Browser, find_chromium  # noqa: E402
 from _e2e.pack_models import model_paths_yaml_sections  # noqa: E402
-from _e2e.server import PACK_DIR_NAME, ComfyServer, free_port  # noqa: E402
+from _e2e.server import PACK_DIR_NAME, ComfyServer  # noqa: E402
 
 log = logging.getLogger("make_workflows")
 PACK = HERE.parent.parent
@@ -42,50 +40,20 @@ JS = """(async () => {
 })()"""
 
 
-async def frontend_roundtrip(comfy_url: str, debug_port: int, items: dict[str, dict]) -> dict[str, dict]:
-    import aiohttp
+READY = "!!(window.app && window.app.graph && window.app.canvas)"
 
-    async with aiohttp.ClientSession() as s:
-        t0 = time.perf_counter()
-        while True:
-            try:
-                async with s.get(f"http://127.0.0.1:{debug_port}/json/list") as r:
-                    pages = [p for p in await r.json() if p.get("type") == "page"]
-                if pages:
-                    break
-            except aiohttp.ClientError:
-                pass
-            if time.perf_counter() - t0 > 30:
-                raise TimeoutError("chromium DevTools not reachable")
-            await asyncio.sleep(0.3)
-        async with s.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            counter = iter(range(1, 10**6))
 
-            async def call(method, **params):
-                i = next(counter)
-                await ws.send_json({"id": i, "method": method, "params": params})
-                while True:
-                    msg = await ws.receive_json()
-                    if msg.get("id") == i:
-                        if "error" in msg:
-                            raise RuntimeError(f"{method}: {msg['error']}")
-                        return msg.get("result", {})
-
-            async def js(expr):
-                r = await call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
-                if "exceptionDetails" in r:
-                    raise RuntimeError(json.dumps(r["exceptionDetails"])[:2000])
-                return r.get("result", {}).get("value")
-
-            await call("Page.enable")
-            await call("Runtime.enable")
-            await call("Page.navigate", url=comfy_url + "/")
-            t0 = time.perf_counter()
-            while not await js("!!(window.app && window.app.graph && window.app.canvas)"):
-                if time.perf_counter() - t0 > 90:
-                    raise TimeoutError("frontend not ready")
-                await asyncio.sleep(0.5)
-            return {name: json.loads(await js(JS % json.dumps(ui))) for name, ui in items.items()}
+def frontend_roundtrip(comfy_url: str, chromium: str, profile: Path, items: dict[str, dict]) -> dict[str, dict]:
+    browser = Browser(chromium, profile)
+    try:
+        page = browser.page()
+        page.goto(comfy_url + "/")
+        page.wait_for(READY, 90, "frontend ready")
+        out = {name: json.loads(page.js(JS % json.dumps(ui))) for name, ui in items.items()}
+        page.close()
+        return out
+    finally:
+        browser.close()
 
 
 def thumbnail(workflow: dict, title: str, path: Path, size=(512, 288)) -> None:
@@ -114,32 +82,33 @@ def thumbnail(workflow: dict, title: str, path: Path, size=(512, 288)) -> None:
     img.save(path, "JPEG", quality=85)
 
 
+def pack_version() -> str:
+    import re
+
+    return re.search(r'^version = "([^"]+)"', (PACK / "pyproject.toml").read_text(), re.M).group(1)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--comfyui", default="/opt/comfyui/ComfyUI-0.3.64")
-    p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    p.add_argument("--chromium", default=find_chromium() or "/usr/bin/chromium")
     p.add_argument("--no-frontend", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     base = Path(tempfile.mkdtemp(prefix="pulid_wf_"))
     server = ComfyServer(Path(a.comfyui), sys.executable, base, model_paths=model_paths_yaml_sections(),
                          packs={PACK_DIR_NAME: PACK})
-    chrome = None
     try:
         server.start()
         object_info = server.get_json("/object_info")
-        built = {name: workflow_specs.build_ui(fn(), object_info, note)
-                 for name, (fn, note) in workflow_specs.WORKFLOWS.items()}
+        versions = {workflow_specs.CORE_ID: server.get_json("/system_stats")["system"]["comfyui_version"],
+                    workflow_specs.PACK_ID: pack_version()}
+        built = {name: workflow_specs.build_ui(fn(), object_info, workflow_specs.note_text(name), versions)
+                 for name, fn in workflow_specs.WORKFLOWS.items()}
         if a.no_frontend:
             results = {name: {"workflow": ui, "output": ui_to_api.convert(ui, object_info)} for name, ui in built.items()}
         else:
-            port = free_port()
-            chrome = subprocess.Popen(
-                [a.chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-                 "--disable-background-networking", "--disable-sync", f"--user-data-dir={base / 'chromium'}",
-                 "--remote-debugging-address=127.0.0.1", f"--remote-debugging-port={port}", "about:blank"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            results = asyncio.run(frontend_roundtrip(server.url, port, built))
+            results = frontend_roundtrip(server.url, a.chromium, base / "chromium", built)
         OUT.mkdir(exist_ok=True)
         for name, res in results.items():
             wf, api = res["workflow"], res["output"]
@@ -152,9 +121,6 @@ def main(argv=None) -> int:
             thumbnail(wf, name.replace("_", " "), OUT / f"{name}.jpg")
             log.info("wrote workflows/%s.json (%d nodes) + .jpg", name, len(wf["nodes"]))
     finally:
-        if chrome is not None:
-            chrome.terminate()
-            chrome.wait(10)
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -75,7 +75,7 @@ class PromptResult:
 
 class ComfyServer:
     def __init__(self, comfy_root: Path, python: str, base: Path, *, model_paths: dict[str, dict[str, str]],
-                 packs: dict[str, Path] | None = None, port: int | None = None):
+                 packs: dict[str, Path] | None = None, port: int | None = None, extra_args: list[str] | None = None):
         self.comfy_root, self.python, self.base = Path(comfy_root), python, Path(base)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -91,7 +91,7 @@ class ComfyServer:
         self.cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                     "--disable-auto-launch", "--base-directory", str(self.base),
                     "--extra-model-paths-config", str(self.yaml),
-                    "--database-url", "sqlite:///" + str(self.base / "user" / "comfyui.db")]
+                    "--database-url", "sqlite:///" + str(self.base / "user" / "comfyui.db"), *(extra_args or [])]
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
 

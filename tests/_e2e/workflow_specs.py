@@ -19,7 +19,24 @@ T5XXL = "t5xxl_fp16.safetensors"
 FLUX_VAE = "ae.safetensors"
 PULID = "pulid_flux_v0.9.1.safetensors"
 EVA = "EVA02_CLIP_L_336_psz14_s6B.pt"
-SIZE = 1024
+SIZE = 1024  # two_people: square, split by the masks
+PORTRAIT_W, PORTRAIT_H = 896, 1152  # the official app's default size (app_flux.py)
+GUIDANCE, STEPS = 4.0, 28  # official demo defaults (app_flux.py, flux/sampling.py denoise)
+TRUE_CFG = {"guidance": 1.0, "cfg": 5.0, "start_step": 1}  # official true-CFG example (docs/pulid_for_flux.md)
+NEGATIVE = "bad quality, worst quality, text, signature, watermark, extra limbs"  # official app default
+HF = "https://huggingface.co"
+# properties.models of each loader: what the frontend offers to download when a file is missing.
+MODELS = {
+    FLUX_UNET: (f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors", "diffusion_models"),
+    CLIP_L: (f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors", "text_encoders"),
+    T5XXL: (f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors", "text_encoders"),
+    FLUX_VAE: (f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors", "vae"),
+    PULID: (f"{HF}/guozinan/PuLID/resolve/main/pulid_flux_v0.9.1.safetensors", "pulid"),
+    EVA: (f"{HF}/QuanSun/EVA-CLIP/resolve/main/EVA02_CLIP_L_336_psz14_s6B.pt", "clip_vision"),
+}
+MODEL_WIDGETS = {"UNETLoader": ("unet_name",), "DualCLIPLoader": ("clip_name1", "clip_name2"), "VAELoader": ("vae_name",),
+                 "PuLIDFluxID_ModelLoader": ("pulid_file",), "PuLIDFluxID_EvaClipLoader": ("eva_file",)}
+CORE_ID, PACK_ID = "comfy-core", "pulid-flux-id"  # cnr_id: ComfyUI itself, and this pack's registry name
 
 ENCODE_DEFAULTS = {"face_rule": "largest", "face_index": 0, "align_source": "facexlib", "fusion": "mean",
                    "fusion_weights": "", "antialias": True}
@@ -27,16 +44,17 @@ APPLY_DEFAULTS = {"weight": 1.0, "start_percent": 0.0, "end_percent": 1.0, "star
                   "cfg_start_step": 1}
 
 
-def _common(prompt: str, negative: str | None, cfg: float, model_src: tuple[str, int]) -> list:
+def _common(prompt: str, negative: str | None, cfg: float, model_src: tuple[str, int], guidance: float = GUIDANCE,
+            size: tuple[int, int] = (PORTRAIT_W, PORTRAIT_H)) -> list:
     nodes = [
         ("unet", "UNETLoader", {"unet_name": FLUX_UNET, "weight_dtype": "default"}, {}, (0, 0)),
         ("clip", "DualCLIPLoader", {"clip_name1": CLIP_L, "clip_name2": T5XXL, "type": "flux", "device": "default"},
          {}, (0, 1)),
         ("vae", "VAELoader", {"vae_name": FLUX_VAE}, {}, (0, 2)),
         ("pos", "CLIPTextEncode", {"text": prompt}, {"clip": ("clip", 0)}, (3, 1)),
-        ("guid", "FluxGuidance", {"guidance": 3.5}, {"conditioning": ("pos", 0)}, (4, 1)),
-        ("latent", "EmptySD3LatentImage", {"width": SIZE, "height": SIZE, "batch_size": 1}, {}, (4, 3)),
-        ("sampler", "KSampler", {"seed": 42, "steps": 20, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+        ("guid", "FluxGuidance", {"guidance": guidance}, {"conditioning": ("pos", 0)}, (4, 1)),
+        ("latent", "EmptySD3LatentImage", {"width": size[0], "height": size[1], "batch_size": 1}, {}, (4, 3)),
+        ("sampler", "KSampler", {"seed": 42, "steps": STEPS, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
                                  "denoise": 1.0},
          {"model": model_src, "positive": ("guid", 0), "negative": ("neg", 0), "latent_image": ("latent", 0)}, (5, 0)),
         ("decode", "VAEDecode", {}, {"samples": ("sampler", 0), "vae": ("vae", 0)}, (6, 0)),
@@ -46,7 +64,7 @@ def _common(prompt: str, negative: str | None, cfg: float, model_src: tuple[str,
         nodes.append(("neg", "ConditioningZeroOut", {}, {"conditioning": ("pos", 0)}, (4, 2)))
     else:
         nodes += [("negtext", "CLIPTextEncode", {"text": negative}, {"clip": ("clip", 0)}, (3, 2)),
-                  ("neg", "FluxGuidance", {"guidance": 3.5}, {"conditioning": ("negtext", 0)}, (4, 2))]
+                  ("neg", "FluxGuidance", {"guidance": guidance}, {"conditioning": ("negtext", 0)}, (4, 2))]
     return nodes
 
 
@@ -98,7 +116,7 @@ def multi_reference() -> list:
 def two_people() -> list:
     half = SIZE // 2
     return [*_common("photo of two friends side by side in a park, both smiling, detailed faces", None, 1.0,
-                     ("apply_b", 0)), *_pulid_loaders(),
+                     ("apply_b", 0), size=(SIZE, SIZE)), *_pulid_loaders(),
             ("img_a", "LoadImage", {"image": "pulid_person_a.png"}, {}, (1, 4)),
             ("img_b", "LoadImage", {"image": "pulid_person_b.png"}, {}, (1, 5)),
             _encode("encode_a", ("img_a", 0), (2, 0)),
@@ -114,10 +132,12 @@ def two_people() -> list:
 
 
 def true_cfg() -> list:
-    return [*_common(PORTRAIT, "blurry, lowres, deformed face, plastic skin", 4.0, ("apply", 0)), *_pulid_loaders(),
+    return [*_common("portrait, made of ice sculpture", NEGATIVE, TRUE_CFG["cfg"], ("apply", 0),
+                     guidance=TRUE_CFG["guidance"]), *_pulid_loaders(),
             ("img", "LoadImage", {"image": "pulid_reference.png"}, {}, (2, 2)),
             _encode("encode", ("img", 0), (2, 0)),
-            _apply("apply", ("unet", 0), ("encode", 0), (3, 0), uncond_mode="uncond_id")]
+            _apply("apply", ("unet", 0), ("encode", 0), (3, 0), uncond_mode="uncond_id",
+                   start_step=TRUE_CFG["start_step"])]
 
 
 SWEEP_WEIGHTS = (0.5, 1.0, 1.5)  # likeness sweep: every weight at every start step, one seed
@@ -132,7 +152,7 @@ def likeness_sweep() -> list:
               _encode("encode", ("img", 0), (2, 0))]
     for i, (w, s) in enumerate(combos):
         nodes += [_apply(f"apply{i}", ("unet", 0), ("encode", 0), (5 + i, 0), weight=w, start_step=s),
-                  (f"sampler{i}", "KSampler", {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler",
+                  (f"sampler{i}", "KSampler", {"seed": 42, "steps": STEPS, "cfg": 1.0, "sampler_name": "euler",
                                                "scheduler": "simple", "denoise": 1.0},
                    {"model": (f"apply{i}", 0), "positive": ("guid", 0), "negative": ("neg", 0),
                     "latent_image": ("latent", 0)}, (5 + i, 1))]
@@ -157,18 +177,64 @@ def likeness_sweep() -> list:
     return nodes
 
 
+FILES_NOTE = """### Model files
+| file | folder |
+| --- | --- |
+| `flux1-dev.safetensors` | `models/diffusion_models/` |
+| `clip_l.safetensors`, `t5xxl_fp16.safetensors` | `models/text_encoders/` |
+| `ae.safetensors` | `models/vae/` |
+| `pulid_flux_v0.9.1.safetensors` | `models/pulid/` |
+| `EVA02_CLIP_L_336_psz14_s6B.pt` | `models/clip_vision/` |
+| antelopev2: `scrfd_10g_bnkps.onnx`, `glintr100.onnx` | `models/insightface/models/antelopev2/` (files directly in it) |
+| `parsing_bisenet.pth`, `detection_Resnet50_Final.pth` | `models/facexlib/` |
+
+The loaders offer the first six for download when they are missing. antelopev2:
+huggingface.co/DIAMONIK7777/antelopev2; facexlib: github.com/xinntao/facexlib/releases (v0.2.0, v0.1.0).
+Nothing is downloaded at run time.
+
+Pick your photo(s) in the Load Image node(s): a clear, front-facing face works best."""
+
+NOTES = {
+    "pulid_flux_basic": """## PuLID-Flux ID: one reference photo
+Official defaults: Flux guidance 4, 28 steps, cfg 1 (fake CFG), weight 1, start_step 0.
+* **weight**: higher brings the face closer at the cost of style and prompt (0.9-1.0 works well with v0.9.1).
+* Image too stiff, prompt ignored: **start_step** 1-4 (4 is the official photoreal setting) lets Flux lay out
+  the image before the ID joins in.""",
+    "pulid_flux_multi_reference": """## PuLID-Flux ID: several photos of one person
+The three references are batched and their ID tokens averaged (`fusion = mean`). Try `weighted` with one
+number per photo in `fusion_weights`, or `concat`. Settings as the basic workflow (guidance 4, 28 steps).""",
+    "pulid_flux_two_people": """## PuLID-Flux ID: two people in one image
+Two Encode nodes, two chained Apply nodes, each limited to one half of the image by a mask. Describe two
+people in the prompt; put person A's photo in the first Load Image and person B's in the second.""",
+    "pulid_flux_true_cfg": """## PuLID-Flux ID: true CFG (the official stylised setting)
+Flux guidance 1, **cfg 5** with a negative prompt, **start_step 1**: the negative pass gets the empty ID
+(`uncond_mode = uncond_id`), as in the official code. About twice the sampling time of fake CFG; use it for
+strong styles (e.g. "made of ice sculpture") where the face must survive.""",
+    "pulid_flux_likeness_sweep": """## PuLID-Flux ID: likeness sweep
+One seed at weights 0.5 / 1 / 1.5 and start steps 0 / 4. **Face Similarity** scores every image against the
+reference (ArcFace cosine, as in the PuLID paper; no face = 0.0) and **Likeness Sheet** draws a contact sheet
+(weight, start step and similarity under each tile) and a chart of similarity against weight. Edit the weights
+in the Apply nodes and the matching lists in the sheet node to sweep other values.""",
+}
+
 WORKFLOWS = {
-    "pulid_flux_basic": (basic, "One reference photo, fake CFG (cfg 1, Flux guidance 3.5): the official default."),
-    "pulid_flux_multi_reference": (multi_reference, "Three photos of one person, ID tokens averaged (fusion mean)."),
-    "pulid_flux_two_people": (two_people, "Two identities in one image: two chained Apply nodes, left/right masks."),
-    "pulid_flux_true_cfg": (true_cfg, "True CFG (cfg 4, a negative prompt); the negative branch gets the uncond ID."),
-    "pulid_flux_likeness_sweep": (likeness_sweep, "One seed at weights 0.5 / 1 / 1.5 and start steps 0 / 4, scored by "
-                                                  "ArcFace similarity: a contact sheet and a likeness chart."),
+    "pulid_flux_basic": basic,
+    "pulid_flux_multi_reference": multi_reference,
+    "pulid_flux_two_people": two_people,
+    "pulid_flux_true_cfg": true_cfg,
+    "pulid_flux_likeness_sweep": likeness_sweep,
 }
 
 
-def build_ui(spec: list, object_info: dict, note: str = "") -> dict:
-    """UI-format workflow (frontend 'Save') from a spec, widget order taken from ``object_info``."""
+def note_text(name: str) -> str:
+    return NOTES[name] + "\n\n" + FILES_NOTE
+
+
+def build_ui(spec: list, object_info: dict, note: str = "", versions: dict[str, str] | None = None) -> dict:
+    """UI-format workflow (frontend 'Save') from a spec, widget order taken from ``object_info``.
+
+    ``note``: markdown for a MarkdownNote on the canvas; ``versions``: {cnr_id: version} for ``properties``."""
+    versions = versions or {}
     ids = {key: i + 1 for i, (key, *_rest) in enumerate(spec)}
     links, nodes = [], []
     incoming: dict[int, dict[str, int]] = {}
@@ -203,16 +269,23 @@ def build_ui(spec: list, object_info: dict, note: str = "") -> dict:
                 values.append("image" if ctype == "LoadImage" else "fixed")
         outputs = [{"name": oname, "type": otype, "links": outgoing.get((nid, slot), []), "slot_index": slot}
                    for slot, (oname, otype) in enumerate(zip(info["output_name"], info["output"]))]
+        cnr = PACK_ID if ctype.startswith("PuLIDFluxID_") else CORE_ID
+        props = {"Node name for S&R": ctype, "cnr_id": cnr, "ver": versions.get(cnr, "")}
+        files = [widgets[w] for w in MODEL_WIDGETS.get(ctype, ()) if widgets.get(w) in MODELS]
+        if files:
+            props["models"] = [{"name": f, "url": MODELS[f][0], "directory": MODELS[f][1]} for f in files]
         nodes.append({"id": nid, "type": ctype, "pos": [40 + 420 * col, 40 + 260 * row], "flags": {},
                       "order": nid - 1, "mode": 0, "inputs": node_inputs, "outputs": outputs,
-                      "properties": {"Node name for S&R": ctype}, "widgets_values": values})
+                      "properties": props, "widgets_values": values})
     # link target slots are socket indices among the node's listed inputs
     for link in links:
         target = next(n for n in nodes if n["id"] == link[3])
         link[4] = next(i for i, inp in enumerate(target["inputs"]) if inp["name"] == link[4])
-    extra = {"ds": {"scale": 0.6, "offset": [0, 0]}}
-    if note:
-        extra["pulid_flux_note"] = note
+    if note:  # instructions on the canvas, left of the graph
+        nodes.append({"id": len(nodes) + 1, "type": "MarkdownNote", "pos": [-560, 40], "size": [540, 720],
+                      "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
+                      "properties": {}, "widgets_values": [note], "color": "#432", "bgcolor": "#653"})
+    extra = {"ds": {"scale": 0.55, "offset": [600, 40]}}
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, note or "pulid")), "revision": 0,
             "last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": extra, "version": 0.4}
