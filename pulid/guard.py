@@ -93,4 +93,5 @@ def check_embedding(embedding, pulid_model: PulidFluxModel, uncond_mode: str):
             "uncond_mode 'uncond_id' needs the embedding's uncond ID (IDFormer on zeros), which this embedding "
             "lacks; encode the identity again, or choose uncond_mode 'none' or 'same'"
         )
-    return tokens.detach(), (None if uncond is None else uncond.detach())
+    # the tensors themselves (not detached copies): prepared tables are cached on their identity
+    return tokens, uncond

@@ -92,6 +92,16 @@ def _row_entry(effect: _Effect, chunk: int, item: int) -> int | None:
     return item if effect.prepared.n_cond > 1 else 0
 
 
+def _mask_weights(effect: _Effect, grid, latent, device) -> Tensor:
+    """(B_m, n_img, 1) token weights of the apply's mask, once per latent size."""
+    key = ("mask", grid, latent, device)
+    hit = effect.live.memo.get(key)
+    if hit is None:
+        hit = token_weights(effect.mask, grid, device, effect.prepared.table.compute_dtype, latent)
+        effect.live.memo[key] = hit
+    return hit
+
+
 def _new_plan(effect: _Effect, active: bool, chunks: tuple, rows: int, grid, latent, n_ref: int, device) -> _Plan:
     if rows % len(chunks):
         raise RuntimeError(f"PuLID: {rows} rows do not split into the {len(chunks)} cond/uncond chunks {chunks}")
@@ -112,7 +122,7 @@ def _new_plan(effect: _Effect, active: bool, chunks: tuple, rows: int, grid, lat
     gate = gate.view(rows, 1, 1)
     if effect.mask is not None:
         check_mask_batch(effect.mask.shape[0], batch)
-        weights = token_weights(effect.mask, grid, device, table.compute_dtype, latent)  # (B_m, n_img, 1)
+        weights = _mask_weights(effect, grid, latent, device)
         gate = gate * (weights.repeat(len(chunks), 1, 1) if weights.shape[0] > 1 else weights)
     span = (on[0], on[-1] + 1) if on else None
     return _Plan(rows=span, select=select, gate=gate, n_img=grid_tokens(grid), n_ref=n_ref)
