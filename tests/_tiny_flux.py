@@ -75,6 +75,38 @@ def tiny_flux_patcher(seed: int = 0, weight_dtype=torch.float32, manual_cast_dty
                                             offload_device=mm.unet_offload_device())
 
 
+TINY_CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=48, hidden_size=64,
+                   mlp_ratio=2.0, num_heads=2, depth=3, depth_single_blocks=5, axes_dim=[8, 12, 12], theta=10000,
+                   patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=32, n_layers=1)
+
+
+def tiny_chroma_patcher(seed: int = 0, **overrides):
+    """ModelPatcher over a real model_base.Chroma (comfy.ldm.chroma.model.Chroma at hidden size 64), CPU.
+    Chroma's modulation table has room for 19 + 38 blocks; fewer blocks use its first entries."""
+    import comfy.ldm.chroma.model
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = {**TINY_CHROMA, **overrides}
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.chroma.model.ChromaParams)}
+    for name, default in (("txt_ids_dims", []), ("vec_in_dim", 32)):  # fields added after 0.3.64
+        if name in fields:
+            cfg.setdefault(name, default)
+    mc = comfy.supported_models.Chroma(cfg)
+    mc.set_inference_dtype(torch.float32, None)
+    model = mc.get_model({})
+    _randomize(model.diffusion_model, seed)
+    model.diffusion_model.requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def tiny_chroma_cond(seed: int = 0, tokens: int = 7):
+    g = torch.Generator().manual_seed(seed + 200)
+    return [[torch.randn(1, tokens, TINY_CHROMA["context_in_dim"], generator=g), {}]]
+
+
 def tiny_pulid_model(hidden: int = 64, num_ca: int = 4, id_dim: int = TINY_ID_DIM, seed: int = 1,
                      operations=None, dtype=torch.float32) -> PulidFluxModel:
     enc = {**TINY_ENCODER, "output_dim": id_dim}
