@@ -289,3 +289,74 @@ def test_kontext_reference_latents_run_and_only_main_tokens_get_the_id(setup):
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert {e[4] for e in attends(log)} == {6}
     assert not torch.equal(out, T.comfy_forward(base, *args, ref_latents=[ref]))
+
+
+def sigmas_with_id(model, log, run) -> tuple[list[float], list[float]]:
+    """(sigmas of all model calls, sigmas of the calls whose first CA added the ID) while run(probed) samples."""
+    import comfy.patcher_extension as pe
+
+    probed = model.clone()
+    probed.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "probe",
+                                lambda ex, *a, **k: (log.append(("call", float(a[1].max()))), ex(*a, **k))[1])
+    log.clear()
+    run(probed)
+    calls, with_id = [], []
+    for e in log:
+        if e[0] == "call":
+            calls.append(e[1])
+        elif e[0] == "attend" and e[1] == 0:
+            with_id.append(calls[-1])
+    return calls, with_id
+
+
+def test_custom_schedule_above_sigma_one_gets_the_id_from_step_0(setup):
+    import comfy.sample
+
+    base, _, pp, log = setup
+    m = apply_pulid_flux(base, pp, T.tiny_embedding())  # start_percent 0: no upper bound on sigma
+    latent = torch.zeros(1, 16, 4, 4)
+    sigmas = torch.tensor([1.6, 1.1, 0.5, 0.0])
+    assert base.get_model_object("model_sampling").percent_to_sigma(0.0) < sigmas[0]
+
+    def run(model):
+        import comfy.samplers
+
+        comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, 0), 1.0,
+                                   comfy.samplers.sampler_object("euler"), sigmas, T.tiny_cond(0), T.tiny_cond(1),
+                                   latent, disable_pbar=True, seed=0)
+
+    calls, with_id = sigmas_with_id(m, log, run)
+    assert calls == pytest.approx(sigmas[:-1].tolist()) and with_id == calls
+
+
+def test_split_sampling_counts_start_step_per_sampler_and_percents_on_the_noise_scale(setup):
+    """Two samplers (KSamplerAdvanced-style start/last step) or denoise < 1: start_step counts from the first
+    step of each sampler run; start/end_percent are noise levels, the same whatever the split."""
+    import comfy.sample
+
+    base, _, pp, log = setup
+    steps = 6
+    latent = torch.zeros(1, 16, 4, 4)
+    noise = comfy.sample.prepare_noise(latent, 0)
+
+    def ksampler(first=None, last=None, denoise=1.0):
+        def run(model):
+            comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", T.tiny_cond(0), T.tiny_cond(1), latent,
+                                denoise=denoise, start_step=first, last_step=last, disable_pbar=True, seed=0)
+        return run
+
+    by_step = apply_pulid_flux(base, pp, T.tiny_embedding(), start_step=2)
+    calls, whole = sigmas_with_id(by_step, log, ksampler())
+    assert whole == calls[2:]
+    first_calls, first = sigmas_with_id(by_step, log, ksampler(0, 3))
+    second_calls, second = sigmas_with_id(by_step, log, ksampler(3, steps))
+    assert first_calls + second_calls == pytest.approx(calls)  # the same steps, split in two runs
+    assert first == first_calls[2:] and second == second_calls[2:]  # each sampler starts counting at 0
+    low_calls, low = sigmas_with_id(by_step, log, ksampler(denoise=0.5))
+    assert len(low_calls) == steps and low == low_calls[2:]  # denoise < 1: counted within that run too
+
+    by_percent = apply_pulid_flux(base, pp, T.tiny_embedding(), start_percent=0.2, end_percent=0.6)
+    _, whole = sigmas_with_id(by_percent, log, ksampler())
+    _, first = sigmas_with_id(by_percent, log, ksampler(0, 3))
+    _, second = sigmas_with_id(by_percent, log, ksampler(3, steps))
+    assert 0 < len(whole) < steps and first + second == pytest.approx(whole)  # the same noise levels
