@@ -311,6 +311,7 @@ def sigmas_with_id(model, log, run) -> tuple[list[float], list[float]]:
 
 def test_custom_schedule_above_sigma_one_gets_the_id_from_step_0(setup):
     import comfy.sample
+    import comfy.samplers
 
     base, _, pp, log = setup
     m = apply_pulid_flux(base, pp, T.tiny_embedding())  # start_percent 0: no upper bound on sigma
@@ -319,8 +320,6 @@ def test_custom_schedule_above_sigma_one_gets_the_id_from_step_0(setup):
     assert base.get_model_object("model_sampling").percent_to_sigma(0.0) < sigmas[0]
 
     def run(model):
-        import comfy.samplers
-
         comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, 0), 1.0,
                                    comfy.samplers.sampler_object("euler"), sigmas, T.tiny_cond(0), T.tiny_cond(1),
                                    latent, disable_pbar=True, seed=0)
