@@ -104,7 +104,8 @@ def tiny_chroma_patcher(seed: int = 0, **overrides):
 
 def tiny_chroma_cond(seed: int = 0, tokens: int = 7):
     g = torch.Generator().manual_seed(seed + 200)
-    return [[torch.randn(1, tokens, TINY_CHROMA["context_in_dim"], generator=g), {}]]
+    # pooled_output: ComfyUI 0.3.64's Chroma takes Flux's encode_adm, which reads it (Chroma ignores the value)
+    return [[torch.randn(1, tokens, TINY_CHROMA["context_in_dim"], generator=g), {"pooled_output": torch.zeros(1, 32)}]]
 
 
 def tiny_pulid_model(hidden: int = 64, num_ca: int = 4, id_dim: int = TINY_ID_DIM, seed: int = 1,
