@@ -223,11 +223,12 @@ def tiny_compile(comfy_root: str, calls: int) -> None:
     models = {"plain": base, "pulid": apply_pulid_flux(base, pp, T.tiny_embedding())}
 
     def compiled(m):
-        from comfy_extras.nodes_torch_compile import skip_torch_compile_dict
+        import comfy_extras.nodes_torch_compile as core
 
         c = m.clone()
-        set_torch_compile_wrapper(model=c, backend="aot_eager", options=None)
-        c.model_options["torch_compile_kwargs"]["options"] = {"guard_filter_fn": skip_torch_compile_dict}
+        guard_filter = getattr(core, "skip_torch_compile_dict", None)  # the node's guard filter (newer ComfyUI)
+        set_torch_compile_wrapper(model=c, backend="aot_eager",
+                                  options=None if guard_filter is None else {"guard_filter_fn": guard_filter})
         return c
 
     results = {}

@@ -19,11 +19,12 @@ from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
 def compiled(model):
     """What core's TorchCompileModel node returns (its own code), on the aot_eager backend (CPU, fast)."""
     from comfy_api.torch_helpers import set_torch_compile_wrapper
-    from comfy_extras.nodes_torch_compile import skip_torch_compile_dict
+    import comfy_extras.nodes_torch_compile as core
 
     m = model.clone()
-    set_torch_compile_wrapper(model=m, backend="aot_eager", options=None)
-    m.model_options["torch_compile_kwargs"]["options"] = {"guard_filter_fn": skip_torch_compile_dict}
+    guard_filter = getattr(core, "skip_torch_compile_dict", None)  # the node's guard filter (newer ComfyUI)
+    set_torch_compile_wrapper(model=m, backend="aot_eager",
+                              options=None if guard_filter is None else {"guard_filter_fn": guard_filter})
     return m
 
 
