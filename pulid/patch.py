@@ -45,7 +45,7 @@ _MEMO_SIZE = 16  # plans kept per apply (one per resolution / batch layout / act
 class _Plan:
     """What every block of one model call does for one apply."""
 
-    rows: tuple[int, int] | None  # eager: the row span holding every row with an ID (None: no row has one)
+    id_span: tuple[int, int] | None  # eager: the rows [r0, r1) holding every row with an ID (None: no row has one)
     select: Tensor | None  # (rows,) ID entry per row; None: entry 0 for all rows
     gate: Tensor  # (rows, 1 or n_img, 1): weight x active x mask; 0 on rows without ID
     n_img: int  # main-image tokens
@@ -125,7 +125,7 @@ def _new_plan(effect: _Effect, active: bool, chunks: tuple, rows: int, grid, lat
         weights = _mask_weights(effect, grid, latent, device)
         gate = gate * (weights.repeat(len(chunks), 1, 1) if weights.shape[0] > 1 else weights)
     span = (on[0], on[-1] + 1) if on else None
-    return _Plan(rows=span, select=select, gate=gate, n_img=grid_tokens(grid), n_ref=n_ref)
+    return _Plan(id_span=span, select=select, gate=gate, n_img=grid_tokens(grid), n_ref=n_ref)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -178,10 +178,10 @@ def _with_id(effect: _Effect, ca_index: int, x: Tensor, single: bool) -> Tensor:
     table = effect.prepared.table
     if torch.compiler.is_compiling():  # one graph for the whole run: the gate zeroes rows without ID
         r0, r1 = 0, x.shape[0]
-    elif plan.rows is None:
+    elif plan.id_span is None:
         return x
     else:
-        r0, r1 = plan.rows
+        r0, r1 = plan.id_span
         if table.weight_device != x.device:
             raise RuntimeError(
                 f"the PuLID ID table is on {table.weight_device} but the Flux hidden states on {x.device}; load the PuLID "

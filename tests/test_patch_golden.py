@@ -137,7 +137,7 @@ def _first_block_probe(monkeypatch, log: list):
             plan, n_cond = effect.live.plan, effect.prepared.n_cond
             rows = []
             for r in range(x.shape[0]):
-                inside = plan.rows is not None and plan.rows[0] <= r < plan.rows[1]
+                inside = plan.id_span is not None and plan.id_span[0] <= r < plan.id_span[1]
                 entry = 0 if plan.select is None else int(plan.select[r])
                 has_id = inside and bool(plan.gate[r].abs().max() > 0)
                 rows.append(None if not has_id else ("id" if entry < n_cond else "uncond_id"))
