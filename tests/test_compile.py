@@ -18,8 +18,8 @@ from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
 
 def compiled(model):
     """What core's TorchCompileModel node returns (its own code), on the aot_eager backend (CPU, fast)."""
-    from comfy_api.torch_helpers import set_torch_compile_wrapper
     import comfy_extras.nodes_torch_compile as core
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
 
     m = model.clone()
     guard_filter = getattr(core, "skip_torch_compile_dict", None)  # the node's guard filter (newer ComfyUI)
