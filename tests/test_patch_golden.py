@@ -131,10 +131,10 @@ def _first_block_probe(monkeypatch, log: list):
 
     real = patch._with_id
 
-    def probed(effect, ca_index, x, single):
-        out = real(effect, ca_index, x, single)
+    def probed(applied, ca_index, x, single):
+        out = real(applied, ca_index, x, single)
         if ca_index == 0:
-            plan, n_cond = effect.live.plan, effect.prepared.n_cond
+            plan, n_cond = applied.call_slot.plan, applied.prepared.n_cond
             rows = []
             for r in range(x.shape[0]):
                 inside = plan.id_span is not None and plan.id_span[0] <= r < plan.id_span[1]
