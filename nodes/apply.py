@@ -18,10 +18,12 @@ class ApplyPulidFluxID(io.ComfyNode):
             node_id="PuLIDFluxID_Apply",
             display_name="Apply PuLID-Flux ID",
             category=CATEGORY,
-            description="Adds the identity to a Flux.1 model through ComfyUI's block-replace patches, on a clone "
-                        "(the input MODEL is left untouched). Chain two of them with masks for two people.",
+            description="Adds the identity to a Flux.1 or Chroma model through ComfyUI's block-replace patches, on a "
+                        "clone (the input MODEL is left untouched). Chain two of them with masks for two people.",
             inputs=[
-                io.Model.Input("model", tooltip="A Flux.1 (dev / Krea-dev) diffusion model."),
+                io.Model.Input("model", tooltip="A Flux.1 (dev / Krea-dev / schnell / Kontext) or Chroma diffusion "
+                                                "model of the size the PuLID file was made for (19 + 38 blocks, "
+                                                "width 3072); on Chroma use true CFG with uncond_id."),
                 PulidModel.Input("pulid", tooltip="From 'Load PuLID-Flux Model'; must be the model the ID was "
                                                   "encoded with."),
                 Identity.Input("identity", tooltip="From 'Encode PuLID-Flux ID' or 'Load PuLID-Flux ID'."),
@@ -29,13 +31,18 @@ class ApplyPulidFluxID(io.ComfyNode):
                                tooltip="Strength of the identity. 0 returns the model unchanged; the official "
                                        "demo uses 0-3 (1 is the default)."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the schedule at which the ID starts (0 = first step); read "
-                                       "from the sampling schedule in force, ModelSamplingFlux included."),
+                               tooltip="Where on the model's noise scale the ID starts (0 = from the noisiest "
+                                       "step, also for custom schedules starting above sigma 1), read from the "
+                                       "sampling in force, ModelSamplingFlux included. A noise level, not a step: "
+                                       "with two samplers or denoise < 1 it means the same noise levels."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the schedule after which the ID stops (1 = last step)."),
+                               tooltip="Where on the model's noise scale the ID stops (1 = through the last "
+                                       "step)."),
                 io.Int.Input("start_step", default=0, min=0, max=10000,
                              tooltip="The official 'timestep to start inserting ID': no ID before this step "
-                                     "index. Raise it (e.g. 4 of 20) for more pose/style freedom."),
+                                     "index. Raise it (e.g. 4 of 20) for more pose/style freedom. Counted from "
+                                     "the first step of each sampler: with two samplers (or denoise < 1) every "
+                                     "sampler starts again at 0."),
                 io.Combo.Input("uncond_mode", options=UNCOND_MODES, default="uncond_id",
                                tooltip="With true CFG (cfg > 1 and a negative prompt): what the negative branch "
                                        "gets. uncond_id = the ID encoder run on zeros (official); none = no ID; "

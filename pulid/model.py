@@ -138,11 +138,10 @@ class PulidFlux:
 
     model: the PulidFluxModel (weights on the offload device). wrap(module): a ComfyUI ModelPatcher for a
     module (built by the loader node with its devices, so this package never imports ComfyUI). name: the
-    file name, for messages. encoder_patcher / ca_patcher: the IDFormer's (what Encode loads) and the
-    cross-attentions' (what sampling loads); disjoint, so neither moves the other's weights.
+    file name, for messages. encoder_patcher: the IDFormer's patcher, what Encode loads (sampling loads only
+    the folded ID tables it builds with `wrap`, never the cross-attention weights).
     """
 
     def __init__(self, model: PulidFluxModel, wrap, name: str = "PuLID-Flux model"):
         self.model, self.wrap, self.name = model, wrap, name
         self.encoder_patcher = wrap(model.pulid_encoder)
-        self.ca_patcher = wrap(model.pulid_ca)

@@ -49,10 +49,10 @@ def _dtypes(module: torch.nn.Module) -> set:
 def test_pulid_loader_builds_the_handle(model_dirs):
     pulid = loaders.ModelLoader.execute(pulid_file="pulid_tiny.safetensors").args[0]
     assert isinstance(pulid, PulidFlux) and pulid.name == "pulid_tiny.safetensors"
-    assert pulid.encoder_patcher.model is pulid.model.pulid_encoder and pulid.ca_patcher.model is pulid.model.pulid_ca
-    assert not {id(p) for p in pulid.model.pulid_encoder.parameters()} & {id(p) for p in pulid.model.pulid_ca.parameters()}
+    assert pulid.encoder_patcher.model is pulid.model.pulid_encoder
     part = pulid.wrap(pulid.model.pulid_ca[0])
-    assert (part.load_device, part.offload_device) == (pulid.ca_patcher.load_device, pulid.ca_patcher.offload_device)
+    assert (part.load_device, part.offload_device) == (pulid.encoder_patcher.load_device,
+                                                       pulid.encoder_patcher.offload_device)
 
 
 def test_eva_loader_builds_the_handle(model_dirs):
