@@ -19,6 +19,7 @@ setup_comfyui()
 import _tiny_flux as T  # noqa: E402
 from einops import rearrange  # noqa: E402
 
+from comfyui_pulid_flux.pulid import fold  # noqa: E402
 from comfyui_pulid_flux.pulid.cfg import CALC_COND_BATCH, CFG_WRAPPER_KEY, set_cfg_start  # noqa: E402
 from comfyui_pulid_flux.pulid.embedding import IDEmbedding  # noqa: E402
 from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
@@ -41,22 +42,24 @@ def _call_log_probe(log: list):
     return wrapper
 
 
-def _first_hook_probe(model, pulid_model, log: list):
-    """Log what the first CA attends with and double block 0's output, to place each attend on its rows."""
+def _first_hook_probe(model, monkeypatch, log: list):
+    """Log double block 0's output and what the first ID cross-attention gets (its image rows and which table
+    entries they read: entry 0 = the ID, entry 1 = the uncond ID), to place each ID on its chunk's rows."""
     block = model.model.diffusion_model.double_blocks[0]
     hook = block.register_forward_hook(lambda m, a, out: log.append(("block0", out[0].clone())))
-    ca = pulid_model.pulid_ca[0]
-    attend = ca.attend
+    for table in (fold.FoldedID, fold.ReferenceID):
+        residual = table.residual
 
-    def logged(img, k, v):
-        log.append(("ca0", img.clone(), k))
-        return attend(img, k, v)
+        def logged(self, ca_index, img, select, _residual=residual):
+            if ca_index == 0:
+                log.append(("ca0", img.clone(), None if select is None else select.tolist()))
+            return _residual(self, ca_index, img, select)
 
-    ca.attend = logged  # a test-owned module instance
+        monkeypatch.setattr(table, "residual", logged)
     return hook
 
 
-def _reconstruct_call_log(log, id_refs) -> list[dict]:
+def _reconstruct_call_log(log) -> list[dict]:
     """One entry per (model call, chunk), positive first: which ID the first CA attended to on that chunk's rows."""
     calls = []
     for entry in log:
@@ -65,15 +68,15 @@ def _reconstruct_call_log(log, id_refs) -> list[dict]:
         elif entry[0] == "block0":
             calls[-1]["block0"] = entry[1]
         elif entry[0] == "ca0":
-            img, k = entry[1], entry[2]
+            img, select = entry[1], entry[2]
             full = calls[-1]["block0"]
             batch = full.shape[0] // len(calls[-1]["chunks"])
             starts = [r for r in range(0, full.shape[0] - img.shape[0] + 1)
                       if torch.equal(full[r:r + img.shape[0], :img.shape[1]], img)]
             assert len(starts) == 1 and starts[0] % batch == 0 and img.shape[0] % batch == 0, starts
-            name = next((n for n, ref in id_refs.items() if torch.equal(ref, k)), "unknown")
             for row in range(starts[0], starts[0] + img.shape[0], batch):
-                calls[-1]["ids"][calls[-1]["chunks"][row // batch]] = name
+                entry_index = 0 if select is None else select[row - starts[0]]
+                calls[-1]["ids"][calls[-1]["chunks"][row // batch]] = ("id", "uncond_id")[entry_index]
     out = []
     for c in calls:
         for chunk in sorted(c["chunks"]):
@@ -113,7 +116,8 @@ def _sample(g, flux_golden, base, model, case):
 
 
 @torch.no_grad()
-def test_official_denoise_loop_through_cfgguider(denoise_setup):
+@pytest.mark.parametrize("folded", [True, False], ids=["folded", "reference"])
+def test_official_denoise_loop_through_cfgguider(denoise_setup, monkeypatch, folded):
     import comfy.patcher_extension as pe
 
     g, flux_golden, base, pm, pp = denoise_setup
@@ -122,17 +126,16 @@ def test_official_denoise_loop_through_cfgguider(denoise_setup):
     sigmas = io["in.timesteps"].float()
     assert torch.allclose(sigmas.double(), torch.tensor(g.meta["timesteps"], dtype=torch.float64))
     assert len(sigmas) == g.meta["num_steps"] + 1
-    ids = {"id": io["in.id"], "uncond_id": io["in.uncond_id"]}
-    id_refs = {n: pm.pulid_ca[0].project_id(t)[0] for n, t in ids.items()}
     log: list = []
-    hook = _first_hook_probe(base, pm, log)
+    hook = _first_hook_probe(base, monkeypatch, log)
     try:
         for name, case in g.meta["cases"].items():
             model = base
             if case["id"] is not None:
                 emb = IDEmbedding(tokens=io["in.id"], uncond=io["in.uncond_id"] if "uncond_id" in case else None)
                 model = apply_pulid_flux(base, pp, emb, weight=case["id_weight"], start_step=case["start_step"],
-                                         uncond_mode="uncond_id" if emb.uncond is not None else "none")
+                                         uncond_mode="uncond_id" if emb.uncond is not None else "none",
+                                         folded=folded)
                 assert model is not base
                 set_cfg_start(model, case.get("timestep_to_start_cfg", 1))  # what the Apply node does
             model = model.clone()
@@ -141,7 +144,7 @@ def test_official_denoise_loop_through_cfgguider(denoise_setup):
             got = _sample(g, flux_golden, base, model, case)
             torch.testing.assert_close(got, io[f"out.{name}"], atol=ATOL, rtol=RTOL,
                                        msg=lambda m, n=name: f"{n}: {m}")
-            calls = _reconstruct_call_log(log, id_refs)
+            calls = _reconstruct_call_log(log)
             expected = g.meta["call_log"][name]
             assert len(calls) == len(expected), (name, calls)
             for got_call, exp in zip(calls, expected):
