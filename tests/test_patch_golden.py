@@ -93,6 +93,3 @@ def test_flux_hook_points_and_raw_ca_outputs_match_official(flux_golden, monkeyp
     assert sorted(raw) == list(range(len(ref))) == list(range(g.meta["pulid_ca_constructor"]["count"]))
     for k, expected in enumerate(ref):
         torch.testing.assert_close(raw[k], expected, atol=ATOL, rtol=RTOL, msg=lambda m, k=k: f"ca_raw.{k}: {m}")
-
-
-# --------------------------------------------------------------------------------------- denoise loop
