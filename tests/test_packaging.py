@@ -30,7 +30,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 RUNTIME = ["__init__.py", "nodes", "pulid", "encoders"]
 # import name -> distribution declared for it
 DECLARED_FOR = {"numpy": "numpy", "safetensors": "safetensors", "insightface": "insightface", "facexlib": "facexlib",
-                "cv2": "opencv-python", "timm": "timm"}
+                "cv2": "opencv-python", "timm": "timm", "PIL": "pillow"}
 # imported but deliberately not declared
 NOT_DECLARED = {
     "torch": "ComfyUI's own (its requirements pin the build for the user's GPU)",

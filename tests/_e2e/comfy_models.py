@@ -24,7 +24,7 @@ from .cache import CACHE_DIR, ensure, locked
 FLUX_FILE = "flux1-tiny-random.safetensors"
 VAE_FILE = "flux-ae-tiny-random.safetensors"
 CLIP_L_FILE = "clip_l-tiny-random.safetensors"
-GENERATOR_REV = 1  # bump to invalidate every cached file of this module
+GENERATOR_REV = 2  # bump to invalidate every cached file of this module
 
 
 def _meta_shapes(build) -> dict[str, tuple[int, ...]]:
@@ -47,7 +47,11 @@ def flux_shapes(double: int = 1, single: int = 1) -> dict[str, tuple[int, ...]]:
                theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
     if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
         cfg["txt_ids_dims"] = []  # field added after 0.3.64; Flux.1 leaves it empty
-    return _meta_shapes(lambda: comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, **cfg))
+    shapes = _meta_shapes(lambda: comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, **cfg))
+    # The official key names (RMSNorm "*.scale", as in flux1-dev.safetensors), which every ComfyUI version
+    # reads: newer versions name the parameter "*.weight" internally, so one cached file serves them all.
+    return {(k[: -len("weight")] + "scale" if k.endswith(("query_norm.weight", "key_norm.weight")) else k): v
+            for k, v in shapes.items()}
 
 
 def vae_shapes() -> dict[str, tuple[int, ...]]:
