@@ -221,8 +221,16 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
         images = page.js("window.__pulid.images")
         saved = [im for im in images if im.get("type") == "output"]
         assert saved, f"{where}: the UI received no output image ({images})"
-        img = pixels(server.view(saved[-1]))
-        assert img.shape == (TINY, TINY, 3), img.shape
+        shapes = {im["filename"].rsplit("_", 2)[0]: pixels(server.view(im)).shape for im in saved}
+        if name == "pulid_flux_likeness_sweep":  # the contact sheet of the tiny renders and the chart
+            from conftest import import_pack
+
+            chart_w, chart_h = import_pack().encoders.sheet.CHART_SIZE
+            assert shapes.pop("pulid_sweep_chart") == (chart_h, chart_w, 3), f"{where}: {shapes}"
+            sheet = shapes.pop("pulid_sweep_sheet")
+            assert sheet[0] > TINY and sheet[1] > TINY and not shapes, f"{where}: {sheet}, {shapes}"
+        else:
+            assert set(shapes.values()) == {(TINY, TINY, 3)}, f"{where}: {shapes}"
     finally:
         page.close()
 
