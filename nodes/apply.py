@@ -67,5 +67,5 @@ class ApplyPulidFluxID(io.ComfyNode):
                                    end_percent=end_percent, start_step=start_step, uncond_mode=uncond_mode,
                                    mask=attn_mask)
         if patched is not model:  # our own clone (weight 0 returns the input MODEL untouched)
-            set_cfg_start(patched, cfg_start_step)
+            set_cfg_start(patched, cfg_start_step, (start_percent, end_percent), start_step)
         return io.NodeOutput(patched)
