@@ -176,3 +176,96 @@ def block_calls(patcher, log: list, tag: str = "probe") -> object:
 
         m.set_model_patch_replace(probe, "dit", key[0], key[1])
     return m
+
+
+# --------------------------------------------------------------------------------------- GGUF files
+# A tiny Flux.1 that ComfyUI 0.33's detection sizes from the file (hidden = img_in rows, heads = hidden / 128,
+# mlp_ratio 4): hidden 256 = 2 heads of 128, so every 256-wide weight can be a K-quant (blocks of 256 values
+# along the last dimension). ComfyUI 0.3.64's detection fixes hidden 3072 (see gguf_flux_patcher).
+GGUF_FLUX = dict(hidden_size=256, num_heads=2, mlp_ratio=4.0, axes_dim=[16, 56, 56])
+
+
+def quantize_q4_k(rows):
+    """Q4_K blocks (ggml's block_q4_K layout: fp16 d, fp16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of
+    4-bit values) of a float32 (R, C) array, C a multiple of 256. The gguf package dequantizes Q4_K but does
+    not quantize it; the tests check this writer against gguf's own dequantizer."""
+    import numpy as np
+
+    r, c = rows.shape
+    x = rows.astype(np.float32).reshape(-1, 8, 32)  # super-blocks of 8 sub-blocks of 32
+    lo = np.minimum(x.min(-1), 0.0)
+    step = np.maximum(x.max(-1) - lo, 1e-8) / 15.0
+    d = (step.max(-1) / 63.0).astype(np.float16)
+    dmin = ((-lo).max(-1) / 63.0).astype(np.float16)
+    d32, dmin32 = np.maximum(d.astype(np.float32), 1e-12), np.maximum(dmin.astype(np.float32), 1e-12)
+    sc = np.clip(np.rint(step / d32[:, None]), 1, 63).astype(np.uint8)
+    mn = np.clip(np.rint(-lo / dmin32[:, None]), 0, 63).astype(np.uint8)
+    q = np.rint((x + (dmin32[:, None] * mn)[..., None]) / (d32[:, None] * sc)[..., None])
+    q = np.clip(q, 0, 15).astype(np.uint8)
+    scales = np.concatenate([(sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6),
+                             (mn[:, :4] & 63) | ((mn[:, 4:] >> 4) << 6),
+                             (sc[:, 4:] & 15) | ((mn[:, 4:] & 15) << 4)], axis=1)
+    qs = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(-1, 128)  # pairs of sub-blocks share bytes (low, high nibble)
+    blocks = np.concatenate([d.view(np.uint8).reshape(-1, 2), dmin.view(np.uint8).reshape(-1, 2), scales, qs], 1)
+    return blocks.reshape(r, c // 256 * 144)
+
+
+def write_gguf(path: Path, state_dict: dict, qtype: str, arch: str = "flux") -> dict[str, str]:
+    """A GGUF file as city96's tools/convert.py + llama-quantize lay it out: 1-D and small tensors in F32,
+    2-D weights in `qtype` where their last dimension fits its block size, else F16. Returns {name: type}."""
+    import gguf
+    import numpy as np
+
+    q = gguf.GGMLQuantizationType[qtype]
+    block = gguf.GGML_QUANT_SIZES[q][0]
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    types_ = {}
+    for name, t in state_dict.items():
+        data = t.detach().float().cpu().numpy()
+        if data.ndim <= 1 or data.size <= 1024:
+            kind, raw = gguf.GGMLQuantizationType.F32, data.astype(np.float32)
+        elif data.shape[-1] % block:
+            kind, raw = gguf.GGMLQuantizationType.F16, data.astype(np.float16)
+        elif qtype == "Q4_K":
+            kind, raw = q, quantize_q4_k(data.reshape(-1, data.shape[-1]))
+        else:
+            kind, raw = q, gguf.quants.quantize(data, q)
+        writer.add_tensor(name, raw, raw_dtype=kind)
+        types_[name] = kind.name
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return types_
+
+
+def gguf_flux_patcher(path: Path) -> tuple[object, str]:
+    """(MODEL, route): the GGUF file through city96's loader. route "node": its UnetLoaderGGUF node, where
+    ComfyUI's detection sizes a Flux from the file (0.33); route "steps" (0.3.64, whose detection fixes hidden
+    3072): the node's own steps with the tiny config given: gguf_sd_loader -> Flux with GGMLOps -> GGUFModelPatcher."""
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import folder_paths
+
+    import_pack("gguf")
+    loader = sys.modules["pulid_compat_ComfyUI_GGUF.loader"]
+    gnodes = sys.modules["pulid_compat_ComfyUI_GGUF.nodes"]
+    sd = loader.gguf_sd_loader(str(path))
+    detected = comfy.model_detection.detect_unet_config(sd, "")
+    if detected.get("hidden_size") == sd["img_in.weight"].shape[0]:
+        folder_paths.add_model_folder_path("diffusion_models", str(path.parent))
+        return run_node(gnodes.UnetLoaderGGUF, unet_name=path.name)[0], "node"
+    import _tiny_flux as T
+    import comfy.supported_models
+
+    ops = sys.modules["pulid_compat_ComfyUI_GGUF.ops"].GGMLOps()
+    mc = comfy.supported_models.Flux(T.flux_unet_config(**GGUF_FLUX))
+    mc.custom_operations = ops
+    mc.set_inference_dtype(torch.float32, None)
+    model = mc.get_model({})
+    model.load_model_weights(sd, "")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return gnodes.GGUFModelPatcher.clone(patcher), "steps"
