@@ -212,7 +212,8 @@ def quantize_q4_k(rows):
 
 def write_gguf(path: Path, state_dict: dict, qtype: str, arch: str = "flux") -> dict[str, str]:
     """A GGUF file as city96's tools/convert.py + llama-quantize lay it out: 1-D and small tensors in F32,
-    2-D weights in `qtype` where their last dimension fits its block size, else F16. Returns {name: type}."""
+    2-D linear weights in `qtype` where their last dimension fits its block size, the rest in F16.
+    Returns {name: type name}."""
     import gguf
     import numpy as np
 
@@ -225,7 +226,7 @@ def write_gguf(path: Path, state_dict: dict, qtype: str, arch: str = "flux") -> 
         data = t.detach().float().cpu().numpy()
         if data.ndim <= 1 or data.size <= 1024:
             kind, raw = gguf.GGMLQuantizationType.F32, data.astype(np.float32)
-        elif data.shape[-1] % block:
+        elif data.ndim != 2 or not name.endswith(".weight") or data.shape[-1] % block:  # quantise linear weights only
             kind, raw = gguf.GGMLQuantizationType.F16, data.astype(np.float16)
         elif qtype == "Q4_K":
             kind, raw = q, quantize_q4_k(data.reshape(-1, data.shape[-1]))

@@ -1,0 +1,177 @@
+"""Bad input through the HTTP API, as a user would send it, with city96's GGUF loader installed next to the pack.
+
+One ComfyUI server for this module (tests/_e2e harness) with the pack, ComfyUI-GGUF from $PULID_THIRDPARTY_DIR
+in its custom_nodes/, and these files made for it: a tiny Wan 2.1 GGUF (another architecture), PuLID files
+whose width or depth does not fit the tiny Flux, a PuLID file stored in fp8, and saved ID files whose tokens
+hold NaN or inf. Each bad prompt must end in an execution_error whose message names the value and the fix,
+and the next good prompt must still succeed (a new seed, so it really samples).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from _e2e.harness import nodes_of
+
+pytest_plugins = ["_e2e.fixtures"]
+pytestmark = [pytest.mark.e2e, pytest.mark.comfyui]
+
+WAN_GGUF = "wan2.1-tiny-Q8_0.gguf"
+PULID_WIDE = "pulid_flux_tiny_hidden1024.safetensors"  # CA width 1024, the tiny Flux is 3072 wide
+PULID_DEEP = "pulid_flux_tiny_3ca.safetensors"  # 3 CAs (3 double + 1 single blocks), the tiny Flux needs 2
+PULID_FP8 = "pulid_flux_tiny_fp8.safetensors"
+ID_NAN, ID_INF = "id_nan.safetensors", "id_inf.safetensors"
+
+
+def _tiny_pulid(**geometry):
+    """A PuLID model like tests/_e2e/pack_models.py's (same encoder, so Encode runs) with another geometry."""
+    import _tiny_faces as tf
+    import _tiny_flux as T
+
+    from comfyui_pulid_flux.pulid.config import PulidFluxConfig
+    from comfyui_pulid_flux.pulid.model import PulidFluxModel
+
+    eva = tf.tiny_eva_config()
+    cfg = dict(flux_double_blocks=1, flux_single_blocks=1, flux_hidden=3072, ca_dim_head=16, ca_heads=2, id_dim=64,
+               encoder_dim=64, encoder_dim_head=16, encoder_heads=4, ff_mult=2, mapping_hidden=64, arcface_dim=512,
+               clip_embed_dim=eva.embed_dim, vit_width=eva.width)
+    model = PulidFluxModel.from_config(PulidFluxConfig(**{**cfg, **geometry}))
+    T._randomize(model, 11, scale=0.02)
+    return model
+
+
+def _wan_state_dict() -> dict:
+    """A Wan 2.1 t2v diffusion model at dim 256 / 1 layer, shapes from ComfyUI's own WanModel."""
+    import comfy.ldm.wan.model
+    import comfy.ops
+    from _e2e.comfy_models import random_state_dict
+
+    with torch.device("meta"):
+        wan = comfy.ldm.wan.model.WanModel(model_type="t2v", dim=256, ffn_dim=512, num_heads=2, num_layers=1,
+                                           operations=comfy.ops.disable_weight_init)
+    return random_state_dict({k: tuple(v.shape) for k, v in wan.state_dict().items()}, torch.float32, 5)
+
+
+def _prepare(env) -> None:
+    import _compat as C
+    import comfy.model_detection
+    from _e2e.harness import PACK  # noqa: F401  (the pack is symlinked in by E2E already)
+
+    from comfyui_pulid_flux.pulid.checkpoint import save_pulid_file
+    from comfyui_pulid_flux.pulid.embedding import IDEmbedding
+
+    C.unpack("gguf", env.base / "custom_nodes")
+    models = env.base / "models"
+    (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    sd = _wan_state_dict()
+    assert comfy.model_detection.detect_unet_config(sd, "")["image_model"] == "wan2.1"
+    C.write_gguf(models / "diffusion_models" / WAN_GGUF, sd, "Q8_0", arch="wan")
+    save_pulid_file(_tiny_pulid(flux_hidden=1024), models / "pulid" / PULID_WIDE)
+    save_pulid_file(_tiny_pulid(flux_double_blocks=3), models / "pulid" / PULID_DEEP)
+    save_pulid_file(_tiny_pulid(), models / "pulid" / PULID_FP8, dtype=torch.float8_e4m3fn)
+    ids = env.base / "input" / "pulid_ids"
+    ids.mkdir(parents=True, exist_ok=True)
+    for name, bad in ((ID_NAN, float("nan")), (ID_INF, float("inf"))):
+        tokens = torch.randn(1, 4, 64)
+        tokens[0, 1, 3] = bad
+        IDEmbedding(tokens=tokens, uncond=torch.zeros(1, 4, 64)).save(ids / name)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    from conftest import import_pack, setup_comfyui
+
+    root = setup_comfyui()
+    import_pack()
+    from _e2e.cache import CACHE_DIR
+    from _e2e.comfy_models import ensure_comfy_models
+    from _e2e.harness import E2E
+    from _e2e.pack_models import ensure_pack_models
+
+    ensure_comfy_models(CACHE_DIR)
+    ensure_pack_models(CACHE_DIR)
+    env = E2E(root, sys.executable, tmp_path_factory.mktemp("compat_base"), CACHE_DIR)
+    _prepare(env)
+    try:
+        env.start()
+        assert "UnetLoaderGGUF" in env.object_info, f"ComfyUI-GGUF did not load:\n{env.server.tail(60)}"
+        yield env
+    finally:
+        env.stop()
+
+
+def _set(api: dict, class_type: str, **inputs) -> dict:
+    for k in nodes_of(api, class_type):
+        api[k]["inputs"].update(inputs)
+    return api
+
+
+def _basic(srv) -> dict:
+    return _set(srv.api("pulid_flux_basic"), "PuLIDFluxID_EncodeIdentity", align_source="insightface")
+
+
+_seeds = iter(range(5000, 6000))
+
+
+def _expect_error(srv, api, node_types, *needles: str) -> str:
+    res = srv.run(api, expect="error")
+    node_types = {node_types} if isinstance(node_types, str) else set(node_types)
+    assert res.error["node_type"] in node_types, res.error
+    message = res.error["exception_message"]
+    for needle in needles:
+        assert needle.lower() in message.lower(), f"{needle!r} not in {message!r}"
+    ok = srv.run(_set(_basic(srv), "KSampler", seed=next(_seeds)))  # the server is still fine
+    assert srv.image(ok).shape[-1] == 3
+    return message
+
+
+def test_gguf_model_of_another_architecture(srv):
+    api = _basic(srv)
+    unet = nodes_of(api, "UNETLoader")[0]
+    api[unet] = {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": WAN_GGUF}}
+    _expect_error(srv, api, "PuLIDFluxID_Apply", "Flux.1", "WAN", "Load a Flux.1")
+
+
+@pytest.mark.parametrize("pulid_file,shown", [(PULID_WIDE, "hidden 1024"), (PULID_DEEP, "3 cross-attentions")])
+def test_flux_geometry_that_does_not_fit_the_pulid_file(srv, pulid_file, shown):
+    api = _set(_basic(srv), "PuLIDFluxID_ModelLoader", pulid_file=pulid_file)
+    # the Flux side (3072 wide, 1 + 1 blocks -> 2 CAs), the PuLID side, the file and the fix
+    _expect_error(srv, api, "PuLIDFluxID_Apply", "hidden 3072", shown, pulid_file, "made for this Flux.1 model")
+
+
+def test_fp8_pulid_file(srv):
+    api = _set(_basic(srv), "PuLIDFluxID_ModelLoader", pulid_file=PULID_FP8)
+    _expect_error(srv, api, "PuLIDFluxID_ModelLoader", PULID_FP8, "float8_e4m3fn", "pulid_flux_v0.9.1.safetensors")
+
+
+def _multi(srv, weights: str) -> dict:
+    api = srv.api("pulid_flux_multi_reference")
+    return _set(api, "PuLIDFluxID_EncodeIdentity", align_source="insightface", fusion="weighted",
+                fusion_weights=weights)
+
+
+@pytest.mark.parametrize("weights", ["inf, 1, 1", "1, nan, 1"])
+def test_non_finite_fusion_weights(srv, weights):
+    message = _expect_error(srv, _multi(srv, weights), "PuLIDFluxID_EncodeIdentity", "fusion_weights", weights)
+    assert "finite" in message or "non-negative numbers" in message, message  # says what a valid weight is
+
+
+def test_fusion_weights_whose_sum_overflows_are_normalised(srv):
+    huge = srv.image(srv.run(_multi(srv, "1e308, 1e308, 1e308")))  # the sum overflows float64 and float32
+    same = srv.image(srv.run(_multi(srv, "1, 1, 1")))
+    assert np.array_equal(huge, same), "equal weights must give the equal-weight identity, however large"
+
+
+@pytest.mark.parametrize("id_file,value", [(ID_NAN, "nan"), (ID_INF, "inf")])
+def test_saved_id_with_non_finite_tokens(srv, id_file, value):
+    api = _basic(srv)
+    keep = {"PuLIDFluxID_Apply", "PuLIDFluxID_ModelLoader"}
+    api = {k: v for k, v in api.items() if not v["class_type"].startswith("PuLIDFluxID_") or v["class_type"] in keep}
+    api = {k: v for k, v in api.items() if v["class_type"] not in ("LoadImage", "PreviewImage")}
+    api["901"] = {"class_type": "PuLIDFluxID_LoadID", "inputs": {"id_name": f"pulid_ids/{id_file} [input]"}}
+    api[nodes_of(api, "PuLIDFluxID_Apply")[0]]["inputs"]["identity"] = ["901", 0]
+    message = _expect_error(srv, api, {"PuLIDFluxID_LoadID", "PuLIDFluxID_Apply"}, value, "finite")
+    assert id_file in message or "encode" in message.lower(), message  # names the file, or says to encode again
