@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
-"""Step overhead, clone cost and sampling weights of the PuLID Flux patch, measured side by side.
+"""Step overhead, MACs, bytes held and compile counts of the PuLID Flux patch: plain, unfolded, folded.
 
-Plain Flux vs Flux + PuLID at full width (hidden 3072, 24 heads), depth reduced to 2 double + 4 single
-blocks (keeps the CA share: 1 + 1 cross-attentions), fp32, CPU, real ComfyUI code (model_base.Flux,
-ModelPatcher, the OUTER_SAMPLE / DIFFUSION_MODEL wrappers, patches_replace). Calls are interleaved
-(alternating order) so drift hits both equally.
+Full width: Flux hidden 3072 / 24 heads, depth reduced to 2 double + 4 single blocks (1 + 1 CAs), fp32, CPU,
+real ComfyUI code (model_base.Flux, ModelPatcher, apply_model with its wrappers, patches_replace); 256 image
++ 128 text tokens (--large: 1024 + 512). Calls are interleaved (rotating order) so drift hits all equally.
+Prints, side by side: MACs per call (torch.utils.flop_counter, FLOPs / 2), median step times, the measured
+overhead over plain with a bootstrap 95 % CI, the isolated patch cost per forward (patched minus plain) of
+folded vs unfolded, bytes held for sampling vs the CA weights (one identity; with the uncond ID of true
+CFG), bytes copied by a downstream clone(). Then, on a tiny config: eager per-call overhead and, compiled
+as core's TorchCompileModel does (backend aot_eager, PyTorch attention), graph breaks, recompiles and the
+compiled-over-plain time ratio.
 
-Prints: median step times, the measured overhead with a bootstrap 95 % CI, the analytic FLOP overhead
-of the official per-step work (counted with torch.utils.flop_counter), their ratio (target <= 1.0),
-bytes copied by a downstream clone() of the patched MODEL (over tensor storages; target 0), and the
-parameters handed to ComfyUI for sampling (CAs) vs the IDFormer's.
-
-    COMFYUI_ROOT=/opt/comfyui/ComfyUI-0.3.64 python bench/step_overhead.py [--large] [--calls 30]
+    COMFYUI_ROOT=~/.cache/comfyui-pulid-flux/ComfyUI-0.33.0 python bench/step_overhead.py [--large] [--calls 20]
 """
 
 from __future__ import annotations
@@ -87,8 +87,13 @@ def build_pulid(depth: int, single: int):
     g = torch.Generator().manual_seed(1)
     emb = IDEmbedding(tokens=torch.randn(1, cfg.num_id_queries, cfg.id_dim, generator=g),
                       uncond=torch.randn(1, cfg.num_id_queries, cfg.id_dim, generator=g))
-    pp = comfy.model_patcher.ModelPatcher(pm, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
-    return pm, pp, emb
+    from comfyui_pulid_flux.pulid.model import PulidFlux
+
+    def wrap(module):
+        return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                                offload_device=mm.unet_offload_device())
+
+    return pm, PulidFlux(pm, wrap, "pulid_flux_full_width"), emb
 
 
 def run_context(patcher, fn):
@@ -177,16 +182,84 @@ def clone_bytes(patcher) -> tuple[int, float]:
     return sum(n for ptr, n in after.items() if ptr not in before), dt
 
 
+def held_bytes(patched, pm) -> tuple[int, int]:
+    """(bytes of every tensor handed to ComfyUI for sampling, bytes of the CA weights)."""
+    handed = {id(mp): mp for mp in patched.model_patches_models()}
+    held = sum(t.numel() * t.element_size() for mp in handed.values() for t in mp.model.state_dict().values())
+    ca = sum(t.numel() * t.element_size() for t in pm.pulid_ca.state_dict().values())
+    return held, ca
+
+
+def interleaved(steps: dict, calls: int, warmup: int) -> dict:
+    times = {name: [] for name in steps}
+    names = list(steps)
+    for _ in range(warmup):
+        for f in steps.values():
+            f()
+    for i in range(calls):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            t0 = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def tiny_compile(comfy_root: str, calls: int) -> None:
+    """Tiny config: eager per-call overhead, compiled graph breaks / recompiles, compiled-over-plain ratio."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    os.environ.setdefault("COMFYUI_ROOT", comfy_root)
+    import _tiny_flux as T
+    import comfy.ldm.flux.math
+    import comfy.ldm.modules.attention
+    import torch._dynamo
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from torch._dynamo.utils import counters
+
+    from comfyui_pulid_flux.pulid.patch import apply_pulid_flux
+
+    comfy.ldm.flux.math.optimized_attention = comfy.ldm.modules.attention.attention_pytorch  # the GPU default
+    base = T.tiny_flux_patcher(depth=2, depth_single_blocks=4)
+    pp = T.pulid_patcher(T.tiny_pulid_model(num_ca=2))
+    models = {"plain": base, "pulid": apply_pulid_flux(base, pp, T.tiny_embedding())}
+
+    def compiled(m):
+        from comfy_extras.nodes_torch_compile import skip_torch_compile_dict
+
+        c = m.clone()
+        set_torch_compile_wrapper(model=c, backend="aot_eager", options=None)
+        c.model_options["torch_compile_kwargs"]["options"] = {"guard_filter_fn": skip_torch_compile_dict}
+        return c
+
+    results = {}
+    for name, m in models.items():
+        torch._dynamo.reset()
+        counters.clear()
+        c = compiled(m)
+        T.sample(c, steps=4, cfg=2.0, negative=T.tiny_cond(1, tokens=7))
+        breaks = sum(counters["graph_break"].values())
+        recompiles = sum(counters["recompiles"].values()) if "recompiles" in counters else 0
+        t = interleaved({"eager": lambda m=m: T.sample(m, steps=4, cfg=2.0, negative=T.tiny_cond(1, tokens=7)),
+                         "compiled": lambda c=c: T.sample(c, steps=4, cfg=2.0, negative=T.tiny_cond(1, tokens=7))},
+                        calls, 1)
+        results[name] = (breaks, recompiles, statistics.median(t["eager"]), statistics.median(t["compiled"]))
+    (b0, r0, e0, c0), (b1, r1, e1, c1) = results["plain"], results["pulid"]
+    print(f"tiny config (hidden 64, 2+4 blocks, 4 steps, true CFG): eager PuLID/plain {e1 / e0:.2f}x; "
+          f"compiled (aot_eager, PyTorch attention): graph breaks plain {b0} / PuLID {b1} (added {b1 - b0}), "
+          f"recompiles plain {r0} / PuLID {r1} (added {r1 - r0}); compiled-over-plain: PuLID compiled / plain "
+          f"compiled {c1 / c0:.2f}x, compiled / eager: plain {c0 / e0:.2f}x, PuLID {c1 / e1:.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_ROOT", "/opt/comfyui/ComfyUI-0.3.64"))
     ap.add_argument("--image-tokens", type=int, default=256, help="square grid; 256 = 256x256 px")
     ap.add_argument("--text-tokens", type=int, default=128)
     ap.add_argument("--large", action="store_true", help="1024 image + 512 text tokens")
-    ap.add_argument("--calls", type=int, default=30, help="timed calls per model (interleaved)")
+    ap.add_argument("--calls", type=int, default=20, help="timed calls per model (interleaved)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--single", type=int, default=4)
+    ap.add_argument("--no-compile", action="store_true", help="skip the tiny-config compile section")
     a = ap.parse_args()
     if a.large:
         a.image_tokens, a.text_tokens = 1024, 512
@@ -202,61 +275,60 @@ def main():
           f"fp32 CPU; Flux hidden 3072 / 24 heads, {a.depth} double + {a.single} single; "
           f"{a.image_tokens} image + {a.text_tokens} text tokens")
     plain = build_flux(a.depth, a.single)
-    pm, pp, emb = build_pulid(a.depth, a.single)
-    patched = apply_pulid_flux(plain, pp, emb, weight=1.0)
-
+    pm, pulid, emb = build_pulid(a.depth, a.single)
+    models = {"plain": plain,
+              "unfolded": apply_pulid_flux(plain, pulid, emb, uncond_mode="none", folded=False),
+              "folded": apply_pulid_flux(plain, pulid, emb, uncond_mode="none")}
     x = torch.randn(1, 16, 2 * side, 2 * side)
     t = torch.full((1,), 0.5)
-    ctx = torch.randn(1, a.text_tokens, 4096)
-    y = torch.randn(1, 768)
-    guidance = torch.full((1,), 4.0)
+    inputs = (x, t, torch.randn(1, a.text_tokens, 4096), torch.randn(1, 768), torch.full((1,), 4.0))
     schedule = torch.linspace(1, 0, 29)
     schedule[14] = 0.5
-    inputs = (x, t, ctx, y, guidance)
-    times = {"plain": [], "pulid": []}
+    results = {}
 
-    def measure(plain_opts, pulid_opts):
-        steps = {"plain": step_fn(plain, plain_opts, inputs, schedule), "pulid": step_fn(patched, pulid_opts, inputs, schedule)}
+    def measure(options: dict):
+        # every timed call is a whole model call, so the first call of a run is one of them: the ID-only
+        # work (folding) is done at apply, before any run
+        steps = {n: step_fn(models[n], options[n], inputs, schedule) for n in models}
         with torch.inference_mode():
-            out_p, out_q = steps["plain"](), steps["pulid"]()
-            print(f"PuLID changes the output: max |diff| = {float((out_p - out_q).abs().max()):.3g}")
-            flops_plain = flops(steps["plain"])
-            flops_ours = flops(steps["pulid"])
-            img_tokens = torch.randn(1, a.image_tokens, 3072)
-            flops_official_ca = sum(flops(lambda ca=ca: ca(emb.tokens, img_tokens)) for ca in pm.pulid_ca)
-            for _ in range(a.warmup):
-                steps["plain"](), steps["pulid"]()
-            for i in range(a.calls):
-                order = ("plain", "pulid") if i % 2 == 0 else ("pulid", "plain")
-                for name in order:
-                    t0 = time.perf_counter()
-                    steps[name]()
-                    times[name].append(time.perf_counter() - t0)
-        return flops_plain, flops_ours, flops_official_ca
+            outs = {n: f() for n, f in steps.items()}
+            results["diff"] = float((outs["folded"] - outs["unfolded"]).abs().max())
+            results["effect"] = float((outs["folded"] - outs["plain"]).abs().max())
+            results["macs"] = {n: flops(f) // 2 for n, f in steps.items()}
+            results["times"] = interleaved(steps, a.calls, a.warmup)
 
-    flops_plain, flops_ours, flops_ca = run_context(plain, lambda po: run_context(patched, lambda qo: measure(po, qo)))
-    med_p, med_q = statistics.median(times["plain"]), statistics.median(times["pulid"])
-    overhead = paired_overhead(times["plain"], times["pulid"])
-    lo, hi = bootstrap_ci(times["plain"], times["pulid"])
-    analytic = flops_ca / flops_plain
-    print(f"median step: plain {med_p * 1000:.1f} ms, Flux+PuLID {med_q * 1000:.1f} ms ({a.calls} interleaved calls each)")
-    print(f"measured overhead (median of paired ratios): {overhead * 100:+.2f} % (bootstrap 95 % CI "
-          f"{lo * 100:+.2f} ... {hi * 100:+.2f} %); ratio of medians {(med_q / med_p - 1) * 100:+.2f} %")
-    print(f"analytic FLOP overhead (official per-step CA work incl. ID K/V): {analytic * 100:.2f} % "
-          f"({flops_ca / 1e9:.2f} / {flops_plain / 1e9:.1f} GFLOP); counted on our patched step: "
-          f"{(flops_ours / flops_plain - 1) * 100:.2f} % (ID K/V cached per run)")
-    print(f"ratio measured / analytic: {overhead / analytic:.2f} (target <= 1.0)")
-    copied, dt = clone_bytes(patched)
-    print(f"downstream clone() of the patched MODEL: {copied} bytes of tensor storage copied ({dt * 1000:.1f} ms; target 0)")
-    handed = {id(mp): mp for mp in patched.model_patches_models()}
-    handed.update({id(mp): mp for mp in patched.get_nested_additional_models()})
-    handed_params = sum(p.numel() for mp in handed.values() for p in mp.model.parameters())
-    ca_params = sum(p.numel() for p in pm.pulid_ca.parameters())
-    enc_params = sum(p.numel() for p in pm.pulid_encoder.parameters())
-    enc_ids = {id(p) for p in pm.pulid_encoder.parameters()}
-    enc_handed = sum(p.numel() for mp in handed.values() for p in mp.model.parameters() if id(p) in enc_ids)
-    print(f"weights handed to ComfyUI for sampling: {handed_params / 1e6:.1f} M params in {len(handed)} ModelPatcher(s) "
-          f"= the CAs ({ca_params / 1e6:.1f} M); IDFormer {enc_params / 1e6:.1f} M params, of which handed: {enc_handed}")
+    def nest(names, options):
+        if not names:
+            return measure(options)
+        return run_context(models[names[0]], lambda o: nest(names[1:], {**options, names[0]: o}))
+
+    nest(list(models), {})
+    times, macs = results["times"], results["macs"]
+    med = {n: statistics.median(v) for n, v in times.items()}
+    print(f"PuLID changes the output by {results['effect']:.3g}; folded vs unfolded output: {results['diff']:.3g}")
+    extra = {n: macs[n] - macs["plain"] for n in ("unfolded", "folded")}
+    print(f"MACs per call: plain {macs['plain'] / 1e9:.2f} G; PuLID adds unfolded {extra['unfolded'] / 1e9:.3f} G, "
+          f"folded {extra['folded'] / 1e9:.3f} G -> folded / unfolded {extra['folded'] / extra['unfolded']:.2f}x "
+          f"(target <= 0.3x)")
+    for n in ("unfolded", "folded"):
+        lo, hi = bootstrap_ci(times["plain"], times[n])
+        print(f"median call: {n} {med[n] * 1000:.1f} ms vs plain {med['plain'] * 1000:.1f} ms: overhead "
+              f"{paired_overhead(times['plain'], times[n]) * 100:+.2f} % (bootstrap 95 % CI {lo * 100:+.2f} ... "
+              f"{hi * 100:+.2f} %; analytic MAC overhead {extra[n] / macs['plain'] * 100:.2f} %)")
+    cost = {n: statistics.median(q - p for p, q in zip(times["plain"], times[n])) for n in ("unfolded", "folded")}
+    print(f"isolated patch cost per forward (median of paired differences): unfolded {cost['unfolded'] * 1000:.2f} ms, "
+          f"folded {cost['folded'] * 1000:.2f} ms -> folded / unfolded {cost['folded'] / cost['unfolded']:.2f}x "
+          f"(target <= 0.35x)")
+    held, ca = held_bytes(models["folded"], pm)
+    held_u, _ = held_bytes(apply_pulid_flux(plain, pulid, emb, uncond_mode="uncond_id"), pm)
+    held_ref, _ = held_bytes(models["unfolded"], pm)
+    print(f"bytes held for sampling: folded {held / 2**20:.1f} MiB = {held / ca:.2f}x the CA weights ({ca / 2**20:.1f} "
+          f"MiB; target <= 0.2x), with the uncond ID {held_u / ca:.2f}x (target <= 0.35x); unfolded "
+          f"{held_ref / ca:.2f}x")
+    copied, dt = clone_bytes(models["folded"])
+    print(f"downstream clone() of the patched MODEL: {copied} bytes of tensor storage copied ({dt * 1000:.1f} ms)")
+    if not a.no_compile:
+        tiny_compile(a.comfyui, max(3, a.calls // 4))
 
 
 if __name__ == "__main__":

@@ -28,13 +28,18 @@ class ApplyPulidFluxID(io.ComfyNode):
                                tooltip="Strength of the identity. 0 returns the model unchanged; the official "
                                        "demo uses 0-3 (1 is the default)."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the schedule at which the ID starts (0 = first step); read "
-                                       "from the sampling schedule in force, ModelSamplingFlux included."),
+                               tooltip="Where on the model's noise scale the ID starts (0 = from the noisiest "
+                                       "step, also for custom schedules starting above sigma 1), read from the "
+                                       "sampling in force, ModelSamplingFlux included. A noise level, not a step: "
+                                       "with two samplers or denoise < 1 it means the same noise levels."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the schedule after which the ID stops (1 = last step)."),
+                               tooltip="Where on the model's noise scale the ID stops (1 = through the last "
+                                       "step)."),
                 io.Int.Input("start_step", default=0, min=0, max=10000,
                              tooltip="The official 'timestep to start inserting ID': no ID before this step "
-                                     "index. Raise it (e.g. 4 of 20) for more pose/style freedom."),
+                                     "index. Raise it (e.g. 4 of 20) for more pose/style freedom. Counted from "
+                                     "the first step of each sampler: with two samplers (or denoise < 1) every "
+                                     "sampler starts again at 0."),
                 io.Combo.Input("uncond_mode", options=UNCOND_MODES, default="uncond_id",
                                tooltip="With true CFG (cfg > 1 and a negative prompt): what the negative branch "
                                        "gets. uncond_id = the ID encoder run on zeros (official); none = no ID; "

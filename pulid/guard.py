@@ -1,15 +1,17 @@
-"""Input validation for apply_pulid_flux: which MODELs, embeddings and weights PuLID-Flux accepts.
+"""Input validation for apply_pulid_flux: which MODELs, PuLID models, embeddings and weights PuLID-Flux accepts.
 
-Only Flux.1 is accepted: Flux 2 / Klein, LongCat-Image, Ovis and Chroma share ComfyUI's Flux classes but
-not PuLID's geometry (comfyui-newer.md §1). The CA count must follow the official "+1" rule of the model's
-own depths, so tiny test models pass with tiny PuLID models and the real 19/38 needs exactly 20 CAs.
-ComfyUI objects are only inspected (class names, `params`), never imported.
+Accepted: Flux.1 (comfy.ldm.flux.model.Flux without global modulation) and Chroma (comfy.ldm.chroma.model.Chroma),
+which dispatch the same ("double_block", i) / ("single_block", i) replacements over the same token layout.
+Flux 2 / Klein, LongCat-Image, Ovis, Chroma Radiance and anything else are refused. The CA count must follow
+the official "+1" rule of the model's own depths, so tiny test models pass with tiny PuLID models and the
+real 19/38 needs exactly 20 CAs. ComfyUI objects are only inspected (class names, `params`), never imported.
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from .config import CALayout, ca_layout
@@ -20,25 +22,46 @@ def _is_class(obj, module: str, name: str) -> bool:
     return type(obj).__module__ == module and type(obj).__qualname__ == name
 
 
-def check_flux_model(model, pulid_model: PulidFluxModel) -> CALayout:
-    """Accept only Flux.1 geometry matching the PuLID model; return where its CAs go."""
+# (model_base class, diffusion-model module, diffusion-model class, name for messages)
+SUPPORTED = (("Flux", "comfy.ldm.flux.model", "Flux", "Flux.1"),
+             ("Chroma", "comfy.ldm.chroma.model", "Chroma", "Chroma"))
+
+
+def check_pulid(pulid) -> PulidFluxModel:
+    """The PulidFluxModel of a PulidFlux handle (`.model`, `.wrap`, `.name`)."""
+    model = getattr(pulid, "model", None)
+    if not isinstance(model, PulidFluxModel) or not callable(getattr(pulid, "wrap", None)):
+        raise ValueError(
+            f"pulid must be the PuLID model handle from 'Load PuLID-Flux Model' (a PulidFlux holding a "
+            f"PulidFluxModel), got {type(pulid).__name__} holding {type(model).__name__}"
+        )
+    return model
+
+
+def check_flux_model(model, pulid_model: PulidFluxModel, pulid_name: str = "the PuLID model") -> CALayout:
+    """Accept only Flux.1 or Chroma geometry matching the PuLID model; return where its CAs go."""
     base = getattr(model, "model", None)
     dm = getattr(base, "diffusion_model", None)
     found = f"{type(base).__module__}.{type(base).__qualname__} / {type(dm).__module__}.{type(dm).__qualname__}"
-    if not (_is_class(base, "comfy.model_base", "Flux") and _is_class(dm, "comfy.ldm.flux.model", "Flux")):
+    kind = next((name for base_cls, module, cls, name in SUPPORTED
+                 if _is_class(base, "comfy.model_base", base_cls) and _is_class(dm, module, cls)), None)
+    if kind is None:
         raise ValueError(
-            f"PuLID-Flux needs a Flux.1 MODEL (comfy.model_base.Flux / comfy.ldm.flux.model.Flux), got {found}. "
-            f"Load a Flux.1 dev/schnell/Kontext diffusion model (Flux 2, Chroma, LongCat and others are not supported)."
+            f"PuLID-Flux needs a Flux.1 or Chroma MODEL (comfy.model_base.Flux / comfy.ldm.flux.model.Flux or "
+            f"comfy.model_base.Chroma / comfy.ldm.chroma.model.Chroma), got {found}. Load a Flux.1 dev/schnell/Kontext "
+            f"or Chroma diffusion model (Flux 2, Klein, LongCat, Chroma Radiance and others are not supported)."
         )
     p = dm.params
-    if getattr(p, "global_modulation", False) or getattr(dm, "vector_in", True) is None:
+    if getattr(p, "global_modulation", False) or (kind == "Flux.1" and getattr(dm, "vector_in", True) is None):
         raise ValueError(f"{found} is a Flux 2-style model (global modulation); PuLID-Flux works with Flux.1 only")
     layout = ca_layout(p.depth, p.depth_single_blocks)
     if p.hidden_size != pulid_model.hidden_size or layout.num_ca != pulid_model.num_ca:
         raise ValueError(
-            f"Flux geometry (hidden {p.hidden_size}, {p.depth} double + {p.depth_single_blocks} single blocks -> "
-            f"{layout.num_ca} ID cross-attentions) does not match the PuLID model (hidden {pulid_model.hidden_size}, "
-            f"{pulid_model.num_ca} cross-attentions); use a PuLID-Flux checkpoint made for this Flux.1 model"
+            f"the {kind} model {type(dm).__qualname__} (hidden {p.hidden_size}, {p.depth} double + "
+            f"{p.depth_single_blocks} single blocks -> {layout.num_ca} ID cross-attentions) does not fit the PuLID "
+            f"model {pulid_name} (hidden {pulid_model.hidden_size}, {pulid_model.num_ca} cross-attentions); use a "
+            f"full-size {kind} model (hidden 3072, 19 + 38 blocks) with pulid_flux_v0.9.x, or a PuLID checkpoint "
+            f"made for this geometry"
         )
     return layout
 
@@ -59,9 +82,16 @@ def check_embedding(embedding, pulid_model: PulidFluxModel, uncond_mode: str):
             f"the identity was encoded with a different PuLID model; encode it again with this one"
         )
     uncond = embedding.uncond
+    for name, t in (("tokens", tokens), ("uncond ID", uncond)):
+        if isinstance(t, Tensor) and not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"the identity's {name} hold NaN or infinite values (a damaged or hand-edited ID file, or an "
+                f"overflowing fusion); encode the identity again or load another ID file"
+            )
     if uncond_mode == "uncond_id" and uncond is None:
         raise ValueError(
             "uncond_mode 'uncond_id' needs the embedding's uncond ID (IDFormer on zeros), which this embedding "
             "lacks; encode the identity again, or choose uncond_mode 'none' or 'same'"
         )
-    return tokens.detach(), (None if uncond is None else uncond.detach())
+    # the tensors themselves (not detached copies): prepared tables are cached on their identity
+    return tokens, uncond

@@ -1,387 +1,280 @@
 """PuLID-Flux through ComfyUI's own patch API: the only module that knows the patch contract.
 
-Contract used (identical in ComfyUI 0.3.64 and 0.33, docs/comfyui.md §1, comfyui-newer.md §1-2):
-* `transformer_options["patches_replace"]["dit"][("double_block", i)](args, extra) -> {"img", "txt"}` and
-  `[("single_block", i)](args, extra) -> {"img"}`; `extra["original_block"](args)` runs the real block.
-  The single-block sequence is text, then main-image tokens, then Kontext reference tokens.
-* Per call: `sigmas` (current sigma, latent batch), `cond_or_uncond` (rows [k*B:(k+1)*B] belong to chunk
-  k; 0 = positive), `sample_sigmas` (the whole schedule), `img_slice` (0.14+), `reference_image_num_tokens`.
-* Wrappers: OUTER_SAMPLE (once per sampling run; `executor.class_obj` is the CFGGuider, whose
-  `model_options` is that run's private copy) and DIFFUSION_MODEL (once per forward; `class_obj` is Flux).
+Contract used (the same in ComfyUI 0.3.64 and 0.33):
+* `transformer_options["patches_replace"]["dit"][("double_block", i)](args, extra) -> {"img", "txt", ...}`
+  and `[("single_block", i)](args, extra) -> {"img", ...}`; `extra["original_block"](args)` runs the real
+  block. A double block's `img` is the main-image tokens, then Kontext reference tokens; a single block's
+  sequence is text, main image, references. Third-party forwards (step caches) call these replacements
+  without `transformer_options` in `args`, so the patches never read it.
+* The APPLY_MODEL wrapper runs once per model call, outside a `torch.compile`d diffusion model, with the
+  latent `x`, the sigma `t`, the text `c_crossattn`, the call's `transformer_options` (`cond_or_uncond`:
+  rows [k*B:(k+1)*B] belong to chunk k, 0 = positive; `sample_sigmas`: the run's schedule) and the extra
+  conds (`ref_latents`). `executor.class_obj` is the model_base object, holding the model_sampling in force.
 
-Placement is the official one (spec c.3): after double blocks 0, 2, 4, ... and single blocks 0, 4, 8, ...
-(`config.ca_layout`), `img = img + weight * CA(id, img)` on the image tokens only.
+Placement is the official one: after double blocks 0, 2, 4, ... and single blocks 0, 4, 8, ...
+(`config.ca_layout`), `img = img + weight * CA(id, img)` on the main-image tokens only.
 
-State: patch objects are immutable and shared between clones (`__deepcopy__` returns self). Per-run state
-(sigma window from the model_sampling in force, K/V of the ID tokens) lives in the run's transformer_options
-under RUN_KEY; per-forward facts (token grid, text length, the row plan) live in that forward's dict.
+State: everything an apply holds is immutable and shared by clones (`__deepcopy__` returns self), except
+one `_Live` holder per apply: the APPLY_MODEL wrapper decides the gating of the call (sigma window, start
+step, which rows get the cond or uncond ID, mask) and leaves it there as tensors; the block patches only do
+tensor work with it. Under `torch.compile` every row is computed and the gate tensor zeroes the rows without
+ID, so a run at one resolution traces once whatever the step; in eager mode rows without ID cost nothing.
 """
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass, field
+import dataclasses
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .guard import check_embedding, check_flux_model, check_weight
-from .model import PulidFluxModel
-from .patchers import ca_patcher
+from .fold import PreparedID, prepare_id
+from .guard import check_embedding, check_flux_model, check_pulid, check_weight
 from .regional import check_mask, check_mask_batch, grid_tokens, token_grid, token_weights
 from .schedule import check_window, is_active, sigma_window
 
 UNCOND_MODES = ("uncond_id", "none", "same")
-# transformer_options keys owned by this pack
-RUN_KEY = "pulid_flux_run"  # {apply_id: _Run}, set for one sampling run by the OUTER_SAMPLE wrapper
-GRID_KEY = "pulid_flux_grid"  # (h, w) main-image token grid of one forward, set by the DIFFUSION_MODEL wrapper
-LATENT_KEY = "pulid_flux_latent"  # (h, w, patch) of that forward's latent (odd sides are padded by Flux)
-TXT_KEY = "pulid_flux_txt_len"  # text length recorded by the double-block patch (ComfyUI < 0.14 has no img_slice)
-CONTEXT_KEY = "pulid_flux_context_len"  # text tokens entering Flux: fallback when none of our double patches ran
-CALL_KEY = "pulid_flux_call"  # {apply_id: _Plan} memo for one forward
 WRAPPER_KEY = "pulid_flux"
-# comfy.patcher_extension.WrappersMP values (stable since 0.3.x; this package never imports ComfyUI)
-OUTER_SAMPLE = "outer_sample"
-DIFFUSION_MODEL = "diffusion_model"
+APPLY_MODEL = "apply_model"  # comfy.patcher_extension.WrappersMP.APPLY_MODEL (this package never imports ComfyUI)
+_MEMO_SIZE = 16  # plans kept per apply (one per resolution / batch layout / active state)
 
 
-# --------------------------------------------------------------------------------------- state
-@dataclass(frozen=True, eq=False)
-class _Effect:
-    """Everything one apply contributes. Immutable; shared by all its patch objects and wrappers."""
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every block of one model call does for one apply."""
 
-    apply_id: str
-    ca_patcher: object  # ModelPatcher over PulidFluxModel.pulid_ca
-    tokens: Tensor  # (N, T, id_dim) cond ID
-    uncond: Tensor | None  # (1, T_u, id_dim) IDFormer on zeros
-    weight: float
-    percents: tuple[float, float]
-    start_step: int
-    uncond_mode: str
-    mask: Tensor | None  # (B_m, H, W) float32 CPU
-    fallback_window: tuple[float, float]  # from the model_sampling at apply time (no OUTER_SAMPLE run)
+    rows: tuple[int, int] | None  # eager: the row span holding every row with an ID (None: no row has one)
+    select: Tensor | None  # (rows,) ID entry per row; None: entry 0 for all rows
+    gate: Tensor  # (rows, 1 or n_img, 1): weight x active x mask; 0 on rows without ID
+    n_img: int  # main-image tokens
+    n_ref: int  # Kontext reference tokens after them
+
+
+class _Live:
+    """The one mutable object of an apply: the plan of the model call in progress, for its block patches."""
+
+    __slots__ = ("plan", "memo")
+
+    def __init__(self):
+        self.plan: _Plan | None = None
+        self.memo: dict = {}
 
     def __deepcopy__(self, memo):
         return self
 
 
-class _Run:
-    """One sampling run of one apply: its sigma window and caches (device, dtype keyed; run-local)."""
+@dataclass(frozen=True, slots=True, eq=False)
+class _Effect:
+    """Everything one apply contributes, shared by its block patches and its wrapper."""
 
-    def __init__(self, window: tuple[float, float]):
-        self.window = window
-        self.kv: dict = {}
+    prepared: PreparedID  # the ID table (folded or reference) and its ModelPatcher
+    weight: float
+    percents: tuple[float, float]  # (start_percent, end_percent) of the model's noise scale
+    start_step: int  # first step index of the sampler run that gets the ID
+    uncond_mode: str
+    mask: Tensor | None  # (B_m, H, W) float32 CPU
+    live: _Live
 
-
-@dataclass(eq=False)
-class _Plan:
-    """What one forward does for one apply: row groups that get an ID, image token range, mask."""
-
-    key: tuple
-    groups: tuple  # ((row0, row1, "cond" | "uncond"), ...)
-    n_img: int | None  # main-image tokens (None: everything after the text)
-    mask: Tensor | None  # (rows or 1, n_img, 1)
-    kv: dict = field(default_factory=dict)  # used when no run state exists
+    def __deepcopy__(self, memo):
+        return self
 
 
-def _run_of(effect: _Effect, to: dict) -> _Run | None:
-    runs = to.get(RUN_KEY)
-    return runs.get(effect.apply_id) if isinstance(runs, dict) else None
+# --------------------------------------------------------------------------------------- per call
+def _row_entry(effect: _Effect, chunk: int, item: int) -> int | None:
+    """The ID entry of one latent row, None for no ID."""
+    which = "cond" if chunk == 0 else {"uncond_id": "uncond", "same": "cond", "none": None}[effect.uncond_mode]
+    if which is None:
+        return None
+    if which == "uncond":
+        return effect.prepared.n_cond
+    return item if effect.prepared.n_cond > 1 else 0
 
 
-def _plan(effect: _Effect, to: dict, x: Tensor, t0: int) -> _Plan | None:
-    """The row plan of this forward (memoised in the forward's dict), or None if the ID is off."""
-    sigmas, rows, grid = to.get("sigmas"), x.shape[0], to.get(GRID_KEY)
-    memo = to.get(CALL_KEY)
-    if isinstance(memo, dict):
-        hit = memo.get(effect.apply_id)
-        if hit is not None and hit.key[0] is sigmas and hit.key[1:] == (rows, grid):
-            return hit if hit.groups else None
-    plan = _new_plan(effect, to, x, t0, sigmas, rows, grid)
-    to[CALL_KEY] = {**(memo if isinstance(memo, dict) else {}), effect.apply_id: plan}
-    return plan if plan.groups else None
-
-
-def _new_plan(effect: _Effect, to: dict, x: Tensor, t0: int, sigmas, rows: int, grid) -> _Plan:
-    key = (sigmas, rows, grid)
-    run = _run_of(effect, to)
-    sigma = float(sigmas.max()) if isinstance(sigmas, Tensor) and sigmas.numel() else None
-    sample_sigmas = to.get("sample_sigmas")
-    schedule = sample_sigmas.tolist() if isinstance(sample_sigmas, Tensor) else sample_sigmas
-    window = run.window if run is not None else effect.fallback_window
-    if not is_active(sigma, window, effect.start_step, schedule):
-        return _Plan(key, (), None, None)
-    chunks = list(to.get("cond_or_uncond") or [0])
-    if rows % len(chunks):
-        raise RuntimeError(f"PuLID: {rows} rows do not split into the {len(chunks)} cond/uncond chunks {chunks}")
-    batch = rows // len(chunks)
-    n_id = effect.tokens.shape[0]
-    if n_id not in (1, batch):
-        raise ValueError(
-            f"the ID embedding holds {n_id} identities but the latent batch is {batch}: use one identity "
-            f"(broadcast to the batch) or exactly one per latent image"
-        )
-    groups: list[list] = []
-    for k, c in enumerate(chunks):
-        which = "cond" if c == 0 else {"uncond_id": "uncond", "same": "cond", "none": None}[effect.uncond_mode]
-        if which is None:
-            continue
-        if groups and groups[-1][1] == k * batch and groups[-1][2] == which:
-            groups[-1][1] = (k + 1) * batch
-        else:
-            groups.append([k * batch, (k + 1) * batch, which])
-    n_img = grid_tokens(grid)
-    if n_img is None:
-        refs = to.get("reference_image_num_tokens") or []
-        n_img = x.shape[1] - t0 - sum(refs) if refs and x.shape[1] - t0 - sum(refs) > 0 else None
-    mask = None
-    if effect.mask is not None and groups:
-        if grid is None:
-            raise RuntimeError("PuLID mask: the image token grid is unknown (the PuLID diffusion-model wrapper did not run)")
-        check_mask_batch(effect.mask.shape[0], batch)
-        cache, mkey = (run.kv if run is not None else {}), ("mask", grid, to.get(LATENT_KEY), x.device, x.dtype)
-        if mkey not in cache:  # once per run and latent size
-            cache[mkey] = token_weights(effect.mask, grid, x.device, x.dtype, to.get(LATENT_KEY))  # (B_m, n_img, 1)
-        mask = cache[mkey]
-        if mask.shape[0] > 1:
-            mask = mask.repeat(len(chunks), 1, 1)  # (rows, n_img, 1)
-    return _Plan(key, tuple(tuple(g) for g in groups), n_img, mask)
-
-
-# --------------------------------------------------------------------------------------- the ID term
-def _compute_dtype(ca, x: Tensor) -> torch.dtype:
-    """ComfyUI cast-ops modules compute in the input dtype; plain modules in their weight dtype."""
-    lin = ca.to_q
-    if getattr(lin, "comfy_cast_weights", False):
-        return x.dtype
-    w = lin.weight
-    if w.device != x.device:
-        raise RuntimeError(
-            f"PuLID cross-attention weights are on {w.device} but the Flux hidden states on {x.device}; load the "
-            f"PuLID model as a ComfyUI ModelPatcher (the loader node does) or build it with comfy.ops.manual_cast"
-        )
-    return w.dtype if w.dtype in (torch.float32, torch.float16, torch.bfloat16) else x.dtype
-
-
-def _kv(effect: _Effect, cache: dict, ca_index: int, which: str, device, dtype) -> tuple[Tensor, Tensor]:
-    key = (ca_index, which, device, dtype)
-    hit = cache.get(key)
+def _mask_weights(effect: _Effect, grid, latent, device) -> Tensor:
+    """(B_m, n_img, 1) token weights of the apply's mask, once per latent size."""
+    key = ("mask", grid, latent, device)
+    hit = effect.live.memo.get(key)
     if hit is None:
-        ids = effect.tokens if which == "cond" else effect.uncond
-        ca = effect.ca_patcher.model[ca_index]
-        hit = ca.project_id(ids.to(device=device, dtype=dtype))  # (N, H, T, dh) x 2
-        cache[key] = hit
+        hit = token_weights(effect.mask, grid, device, effect.prepared.table.compute_dtype, latent)
+        effect.live.memo[key] = hit
     return hit
 
 
-def _inject(effect: _Effect, ca_index: int, to: dict, x: Tensor, t0: int) -> Tensor:
-    """x with weight * CA(id, image tokens) added out of place; image tokens are x[:, t0:t0+n_img]."""
-    plan = _plan(effect, to, x, t0)
-    if plan is None:
+def _new_plan(effect: _Effect, active: bool, chunks: tuple, rows: int, grid, latent, n_ref: int, device) -> _Plan:
+    if rows % len(chunks):
+        raise RuntimeError(f"PuLID: {rows} rows do not split into the {len(chunks)} cond/uncond chunks {chunks}")
+    batch = rows // len(chunks)
+    n_cond = effect.prepared.n_cond
+    if n_cond not in (1, batch):
+        raise ValueError(
+            f"the ID embedding holds {n_cond} identities but the latent batch is {batch}: use one identity "
+            f"(broadcast to the batch) or exactly one per latent image"
+        )
+    entries = [_row_entry(effect, c, b) for c in chunks for b in range(batch)]
+    on = [i for i, e in enumerate(entries) if active and e is not None]
+    table = effect.prepared.table
+    select = None
+    if table.entries > 1:
+        select = torch.tensor([e or 0 for e in entries], dtype=torch.long, device=device)
+    gate = torch.tensor([effect.weight if i in on else 0.0 for i in range(rows)], dtype=table.compute_dtype, device=device)
+    gate = gate.view(rows, 1, 1)
+    if effect.mask is not None:
+        check_mask_batch(effect.mask.shape[0], batch)
+        weights = _mask_weights(effect, grid, latent, device)
+        gate = gate * (weights.repeat(len(chunks), 1, 1) if weights.shape[0] > 1 else weights)
+    span = (on[0], on[-1] + 1) if on else None
+    return _Plan(rows=span, select=select, gate=gate, n_img=grid_tokens(grid), n_ref=n_ref)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _CallPlanner:
+    """APPLY_MODEL wrapper: decides this apply's gating for one model call and leaves it for the blocks."""
+
+    effect: _Effect
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                 **kwargs):
+        effect, live = self.effect, self.effect.live
+        to = transformer_options if isinstance(transformer_options, dict) else {}
+        dm = executor.class_obj.diffusion_model
+        patch = dm.patch_size
+        window = sigma_window(executor.class_obj.model_sampling, *effect.percents)
+        schedule = to.get("sample_sigmas")
+        schedule = schedule.tolist() if isinstance(schedule, Tensor) else schedule
+        active = is_active(float(t.max()), window, effect.start_step, schedule)
+        chunks = tuple(to.get("cond_or_uncond") or (0,))
+        grid = token_grid(x.shape[-2], x.shape[-1], patch)
+        refs = kwargs.get("ref_latents") or ()
+        n_ref = sum(math.prod(token_grid(r.shape[-2], r.shape[-1], patch)) for r in refs)
+        key = (active, chunks, x.shape[0], x.shape[-2:], n_ref, x.device)
+        plan = live.memo.get(key)
+        if plan is None:
+            plan = _new_plan(effect, active, chunks, x.shape[0], grid, (x.shape[-2], x.shape[-1], patch), n_ref,
+                             x.device)
+            if len(live.memo) >= _MEMO_SIZE:
+                live.memo.pop(next(iter(live.memo)))
+            live.memo[key] = plan
+        previous, live.plan = live.plan, plan
+        try:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        finally:
+            live.plan = previous
+
+
+# --------------------------------------------------------------------------------------- the ID term
+def _with_id(effect: _Effect, ca_index: int, x: Tensor, single: bool) -> Tensor:
+    """x with weight * CA(id, main-image tokens) added out of place (x itself when no row gets the ID)."""
+    plan = effect.live.plan
+    if plan is None or plan.gate.shape[0] != x.shape[0]:
+        raise RuntimeError(
+            "PuLID block patch called outside a model call it planned (the PuLID apply_model wrapper did not run "
+            f"for these {x.shape[0]} rows); call the model through ComfyUI's apply_model"
+        )
+    table = effect.prepared.table
+    if torch.compiler.is_compiling():  # one graph for the whole run: the gate zeroes rows without ID
+        r0, r1 = 0, x.shape[0]
+    elif plan.rows is None:
         return x
-    n = plan.n_img if plan.n_img is not None else x.shape[1] - t0
-    if t0 + n > x.shape[1]:
-        raise RuntimeError(f"PuLID: {n} image tokens after {t0} text tokens exceed the sequence of {x.shape[1]}")
-    run = _run_of(effect, to)
-    cache = run.kv if run is not None else plan.kv
-    ca = effect.ca_patcher.model[ca_index]
-    cdt = _compute_dtype(ca, x)
-    out = None
-    for r0, r1, which in plan.groups:
-        k, v = _kv(effect, cache, ca_index, which, x.device, cdt)
-        if k.shape[0] > 1 and k.shape[0] != r1 - r0:  # per-item identities over several chunks
-            k, v = k.repeat((r1 - r0) // k.shape[0], 1, 1, 1), v.repeat((r1 - r0) // v.shape[0], 1, 1, 1)
-        res = ca.attend(x[r0:r1, t0:t0 + n].to(cdt), k, v).to(x.dtype)  # (r1-r0, n, D)
-        if plan.mask is not None:
-            res = res * (plan.mask if plan.mask.shape[0] == 1 else plan.mask[r0:r1])
-        if r1 - r0 == x.shape[0] and t0 == 0 and n == x.shape[1]:
-            return torch.add(x, res, alpha=effect.weight)  # out of place: 0.3.69+ blocks add into img in place
-        if out is None:
-            out = x.clone()
-        out[r0:r1, t0:t0 + n].add_(res, alpha=effect.weight)
-    return x if out is None else out
+    else:
+        r0, r1 = plan.rows
+        if table.weight_device != x.device:
+            raise RuntimeError(
+                f"the PuLID ID table is on {table.weight_device} but the Flux hidden states on {x.device}; load the PuLID "
+                f"model with the loader node (it hands ComfyUI a ModelPatcher that moves it with the model)"
+            )
+    n = plan.n_img
+    t0 = x.shape[1] - plan.n_ref - n if single else 0
+    if t0 < 0 or t0 + n > x.shape[1]:
+        raise RuntimeError(f"PuLID: {n} image + {plan.n_ref} reference tokens exceed the sequence of {x.shape[1]}")
+    select = None if plan.select is None else plan.select[r0:r1]
+    res = table.residual(ca_index, x[r0:r1, t0:t0 + n], select)  # (r1-r0, n, dim)
+    delta = (res * plan.gate[r0:r1]).to(x.dtype)
+    if r1 - r0 == x.shape[0] and n == x.shape[1]:
+        return x + delta  # out of place: newer blocks add into img in place
+    out = x.clone()
+    out[r0:r1, t0:t0 + n] += delta
+    return out
 
 
 # --------------------------------------------------------------------------------------- patch objects
+@dataclass(frozen=True, slots=True, eq=False)
 class _BlockPatch:
-    """Callable stored under patches_replace["dit"]; immutable, wraps any patch that was there before."""
+    """Callable stored under patches_replace["dit"]; wraps whatever patch was there before."""
 
-    __slots__ = ("effect", "ca_index", "inner")
-
-    def __init__(self, effect: _Effect, ca_index: int, inner=None):
-        object.__setattr__(self, "effect", effect)
-        object.__setattr__(self, "ca_index", ca_index)
-        object.__setattr__(self, "inner", inner)
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"{type(self).__name__} is immutable")
+    effect: _Effect
+    ca_index: int
+    single: bool  # a single-stream block (text, image, reference tokens in one sequence)
+    inner: object = None  # the replaced patch of another apply or pack, or None
 
     def __deepcopy__(self, memo):
         return self
 
-    def _run_inner(self, args: dict, extra: dict) -> dict:
-        # The received args dict is passed on as is (never rebuilt): any key ComfyUI adds keeps flowing.
-        return self.inner(args, extra) if self.inner is not None else extra["original_block"](args)
+    def __call__(self, args: dict, extra: dict) -> dict:
+        # args is passed on as received: any key ComfyUI or another pack adds keeps flowing
+        out = self.inner(args, extra) if self.inner is not None else extra["original_block"](args)
+        img = _with_id(self.effect, self.ca_index, out["img"], self.single)
+        return out if img is out["img"] else {**out, "img": img}
 
     def models(self) -> list:
-        """ComfyUI loads these with the diffusion model: our CAs plus whatever the wrapped patch needs."""
+        """ComfyUI loads these with the diffusion model: our ID table plus whatever the wrapped patch needs."""
         inner = self.inner.models() if hasattr(self.inner, "models") else []
-        return [self.effect.ca_patcher, *inner]
+        return [self.effect.prepared.patcher, *inner]
 
     def to(self, *args, **kwargs):
-        """Nothing of ours to move (ComfyUI moves the CA ModelPatcher); forwarded to a wrapped patch."""
+        """Nothing of ours to move (ComfyUI moves the table's ModelPatcher); forwarded to a wrapped patch."""
         if hasattr(self.inner, "to"):
             inner = self.inner.to(*args, **kwargs)
             if inner is not self.inner:
-                return _make(type(self), self.effect, self.ca_index, inner)
+                return dataclasses.replace(self, inner=inner)
         return self
-
-
-class _DoublePatch(_BlockPatch):
-    __slots__ = ()
-
-    def __call__(self, args: dict, extra: dict) -> dict:
-        out = self._run_inner(args, extra)
-        to = args.get("transformer_options")
-        to = to if isinstance(to, dict) else {}
-        if "img_slice" not in to:
-            to[TXT_KEY] = out["txt"].shape[1]  # per-forward dict: the single blocks read it
-        img = _inject(self.effect, self.ca_index, to, out["img"], 0)
-        return out if img is out["img"] else {"img": img, "txt": out["txt"]}
-
-
-class _SinglePatch(_BlockPatch):
-    __slots__ = ()
-
-    def __call__(self, args: dict, extra: dict) -> dict:
-        out = self._run_inner(args, extra)
-        to = args.get("transformer_options")
-        to = to if isinstance(to, dict) else {}
-        img_slice = to.get("img_slice")
-        # no img_slice (< 0.14): what our double patches saw, else (all of them replaced, e.g. by core
-        # SkipLayerGuidanceDiT skipping those blocks) the text length that entered Flux
-        n_txt = img_slice[0] if img_slice else to.get(TXT_KEY, to.get(CONTEXT_KEY))
-        if n_txt is None:
-            raise RuntimeError("PuLID single-block patch: text length unknown (no img_slice, no double-block record)")
-        x = _inject(self.effect, self.ca_index, to, out["img"], int(n_txt))
-        return out if x is out["img"] else {"img": x}
-
-
-class _ForwardCleanup:
-    """Mixed in only when the wrapped patch has ComfyUI's post-sampling `cleanup` hook (0.17+): forward it."""
-
-    __slots__ = ()
 
     def cleanup(self, *args, **kwargs):
-        return self.inner.cleanup(*args, **kwargs)
-
-
-class _DoublePatchC(_ForwardCleanup, _DoublePatch):
-    __slots__ = ()
-
-
-class _SinglePatchC(_ForwardCleanup, _SinglePatch):
-    __slots__ = ()
-
-
-def _make(kind: type, effect: _Effect, ca_index: int, inner):
-    double = issubclass(kind, _DoublePatch)
-    if hasattr(inner, "cleanup"):
-        return (_DoublePatchC if double else _SinglePatchC)(effect, ca_index, inner)
-    return (_DoublePatch if double else _SinglePatch)(effect, ca_index, inner)
-
-
-# --------------------------------------------------------------------------------------- wrappers
-class _OuterSample:
-    """OUTER_SAMPLE wrapper: opens this apply's run state in the run's private transformer_options."""
-
-    __slots__ = ("effect",)
-
-    def __init__(self, effect: _Effect):
-        object.__setattr__(self, "effect", effect)
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self, executor, *args, **kwargs):
-        guider = executor.class_obj
-        options, patcher = getattr(guider, "model_options", None), getattr(guider, "model_patcher", None)
-        if not isinstance(options, dict) or patcher is None:  # not a CFGGuider: apply-time window, no cache
-            return executor(*args, **kwargs)
-        to = options.setdefault("transformer_options", {})
-        ms = patcher.get_model_object("model_sampling")
-        prev = to.get(RUN_KEY)
-        to[RUN_KEY] = {**(prev if isinstance(prev, dict) else {}),
-                       self.effect.apply_id: _Run(sigma_window(ms, *self.effect.percents))}
-        try:
-            return executor(*args, **kwargs)
-        finally:
-            if prev is None:
-                to.pop(RUN_KEY, None)
-            else:
-                to[RUN_KEY] = prev
-
-
-def diffusion_model_wrapper(executor, *args, **kwargs):
-    """DIFFUSION_MODEL wrapper: passes on a copy of transformer_options carrying this call's token grid."""
-    x = args[0] if args else kwargs.get("x")
-    context = args[2] if len(args) > 2 else kwargs.get("context")  # (B, n_txt, C)
-    n_ctx = context.shape[1] if isinstance(context, Tensor) and context.ndim == 3 else None
-    if len(args) > 7:
-        to = args[7]
-    else:
-        to = kwargs.get("transformer_options")
-    if isinstance(x, Tensor) and x.ndim == 4 and isinstance(to, dict):
-        patch = getattr(executor.class_obj, "patch_size", 2)
-        grid = token_grid(x.shape[-2], x.shape[-1], patch)
-        latent = (x.shape[-2], x.shape[-1], patch)
-        if (to.get(GRID_KEY), to.get(LATENT_KEY), to.get(CONTEXT_KEY)) != (grid, latent, n_ctx):
-            to = {**to, GRID_KEY: grid, LATENT_KEY: latent, CONTEXT_KEY: n_ctx}
-            if len(args) > 7:
-                args = (*args[:7], to, *args[8:])
-            else:
-                kwargs["transformer_options"] = to
-    return executor(*args, **kwargs)
+        """ComfyUI's post-sampling hook: forwarded to the wrapped patch, nothing to do for ours."""
+        if hasattr(self.inner, "cleanup"):
+            return self.inner.cleanup(*args, **kwargs)
+        return None
 
 
 # --------------------------------------------------------------------------------------- entry point
-def apply_pulid_flux(model, pulid, embedding, *, weight=1.0, start_percent=0.0, end_percent=1.0, start_step=0,
-                     uncond_mode="uncond_id", mask=None):
-    """Return a clone of the Flux MODEL `model` with the PuLID ID cross-attention (never mutates `model`).
+def apply_pulid_flux(model, pulid, identity, *, weight=1.0, start_percent=0.0, end_percent=1.0, start_step=0,
+                     uncond_mode="uncond_id", mask=None, folded=True):
+    """Return a clone of the Flux / Chroma MODEL `model` with the PuLID ID cross-attention (never mutates it).
 
-    pulid: ModelPatcher whose .model is a PulidFluxModel. embedding: IDEmbedding (tokens (N, T, id_dim),
-    uncond (1, T, id_dim)). uncond_mode: what the negative (CFG > 1) rows get: 'uncond_id' (official),
-    'none' or 'same'. mask: optional MASK (B, H, W) / (H, W) limiting the ID to a region.
+    pulid: the PulidFlux handle (`.model`, `.wrap`, `.name`). identity: an IDEmbedding (tokens (N, T, id_dim),
+    uncond (1, T, id_dim)) or a PreparedID of this PuLID model. uncond_mode: what the negative (CFG > 1) rows
+    get: 'uncond_id' (official), 'none' or 'same'. mask: optional MASK (B, H, W) / (H, W) limiting the ID to a
+    region. folded: the folded ID attention (default) or the CA modules themselves (the reference).
     weight == 0 returns `model` itself, whatever the other inputs (a weight-0 apply is a bypass, as in the node).
     """
     weight = check_weight(weight)
     if weight == 0.0:
         return model
-    percents = check_window(start_percent, end_percent, start_step)
+    start, end, start_step = check_window(start_percent, end_percent, start_step)
     if uncond_mode not in UNCOND_MODES:
         raise ValueError(f"uncond_mode={uncond_mode!r} must be one of {UNCOND_MODES}")
-    pulid_model = getattr(pulid, "model", None)
-    if not isinstance(pulid_model, PulidFluxModel):
-        raise ValueError(f"pulid must be a ModelPatcher holding a PulidFluxModel, got {type(pulid_model).__name__}")
-    layout = check_flux_model(model, pulid_model)
-    tokens, uncond = check_embedding(embedding, pulid_model, uncond_mode)
+    pulid_model = check_pulid(pulid)
+    layout = check_flux_model(model, pulid_model, getattr(pulid, "name", "the PuLID model"))
+    if isinstance(identity, PreparedID):
+        identity.check_source(pulid)
+        if uncond_mode == "uncond_id" and not identity.with_uncond:
+            raise ValueError("this prepared identity has no uncond ID; choose uncond_mode 'none' or 'same'")
+        prepared = identity
+    else:
+        tokens, uncond = check_embedding(identity, pulid_model, uncond_mode)
+        prepared = prepare_id(pulid, tokens, uncond if uncond_mode == "uncond_id" else None, folded=folded)
     mask = check_mask(mask)
+    effect = _Effect(prepared=prepared, weight=weight, percents=(start, end), start_step=start_step,
+                     uncond_mode=uncond_mode, mask=mask, live=_Live())
     m = model.clone()
-    effect = _Effect(
-        apply_id=uuid.uuid4().hex, ca_patcher=ca_patcher(pulid), tokens=tokens, uncond=uncond, weight=weight,
-        percents=percents[:2], start_step=percents[2], uncond_mode=uncond_mode, mask=mask,
-        fallback_window=sigma_window(m.get_model_object("model_sampling"), *percents[:2]),
-    )
     existing = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    for kind, name, placement in ((_DoublePatch, "double_block", layout.double),
-                                  (_SinglePatch, "single_block", layout.single)):
+    for name, placement, single in (("double_block", layout.double, False), ("single_block", layout.single, True)):
         for block, ca_index in placement.items():
-            patch = _make(kind, effect, ca_index, existing.get((name, block)))
+            patch = _BlockPatch(effect, ca_index, single, existing.get((name, block)))
             m.set_model_patch_replace(patch, "dit", name, block)
-    m.add_wrapper_with_key(OUTER_SAMPLE, WRAPPER_KEY, _OuterSample(effect))
-    if diffusion_model_wrapper not in m.get_wrappers(DIFFUSION_MODEL, WRAPPER_KEY):
-        m.add_wrapper_with_key(DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
+    m.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, _CallPlanner(effect))
     return m

@@ -2,12 +2,17 @@
 
 Pure helpers; the ComfyUI `model_sampling` object enters only as an argument.
 
-* The window is given as percents of the schedule and converted to sigmas with the model_sampling in
-  force *at sampling time* (so a ModelSamplingFlux placed after the PuLID node still gates right).
-  Active when ``sigma_end <= sigma <= sigma_start`` (the convention of ComfyUI's own percent gates).
-* ``start_step`` is the official semantics (flux/sampling.py:123-148, spec c.4): the ID is given to the
-  model call of step ``i`` only when ``i >= start_step``. The step index is recovered from the whole
-  schedule (``transformer_options["sample_sigmas"]``) by matching the current sigma.
+* The window is given as percents of the model's noise scale and converted to sigmas with the
+  model_sampling in force *at sampling time* (so a ModelSamplingFlux placed after the PuLID node still gates
+  right). Active when ``sigma_end <= sigma <= sigma_start`` (the convention of ComfyUI's own percent gates);
+  start_percent 0 has no upper bound (a custom schedule may start above the model's largest sigma) and
+  end_percent 1 no lower bound. Being sigmas, the percents mean the same noise levels whatever part of the
+  schedule one sampler runs (split sampling, denoise < 1).
+* ``start_step`` is the official semantics (official flux/sampling.py denoise): the ID is given to the
+  model call of step ``i`` only when ``i >= start_step``. The step index is recovered from the schedule of
+  the sampler run in progress (``transformer_options["sample_sigmas"]``) by matching the current sigma, so
+  it counts from the first step of each sampler: a second sampler of a split run, or a run with
+  denoise < 1, starts again at step 0.
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ def check_window(start_percent: float, end_percent: float, start_step: int) -> t
 
 
 def sigma_window(model_sampling, start_percent: float, end_percent: float) -> tuple[float, float]:
-    """(sigma_start, sigma_end) from a ComfyUI model_sampling object's ``percent_to_sigma``."""
-    return float(model_sampling.percent_to_sigma(start_percent)), float(model_sampling.percent_to_sigma(end_percent))
+    """(sigma_start, sigma_end) from a ComfyUI model_sampling object's ``percent_to_sigma``; the ends of the
+    scale (0 and 1) are open, so any sigma above the model's largest (or below its smallest) is inside."""
+    start = math.inf if start_percent <= 0.0 else float(model_sampling.percent_to_sigma(start_percent))
+    end = -math.inf if end_percent >= 1.0 else float(model_sampling.percent_to_sigma(end_percent))
+    return start, end
 
 
 def in_window(sigma: float, window: tuple[float, float]) -> bool:

@@ -15,7 +15,7 @@ from conftest import import_pack
 
 import_pack()
 from comfyui_pulid_flux.pulid.embedding import IDEmbedding  # noqa: E402
-from comfyui_pulid_flux.pulid.model import PulidFluxModel  # noqa: E402
+from comfyui_pulid_flux.pulid.model import PulidFlux, PulidFluxModel  # noqa: E402
 
 TINY_FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=48,
                  hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=3, depth_single_blocks=5,
@@ -75,6 +75,39 @@ def tiny_flux_patcher(seed: int = 0, weight_dtype=torch.float32, manual_cast_dty
                                             offload_device=mm.unet_offload_device())
 
 
+TINY_CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=48, hidden_size=64,
+                   mlp_ratio=2.0, num_heads=2, depth=3, depth_single_blocks=5, axes_dim=[8, 12, 12], theta=10000,
+                   patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=32, n_layers=1)
+
+
+def tiny_chroma_patcher(seed: int = 0, **overrides):
+    """ModelPatcher over a real model_base.Chroma (comfy.ldm.chroma.model.Chroma at hidden size 64), CPU.
+    Chroma's modulation table has room for 19 + 38 blocks; fewer blocks use its first entries."""
+    import comfy.ldm.chroma.model
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = {**TINY_CHROMA, **overrides}
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.chroma.model.ChromaParams)}
+    for name, default in (("txt_ids_dims", []), ("vec_in_dim", 32)):  # fields added after 0.3.64
+        if name in fields:
+            cfg.setdefault(name, default)
+    mc = comfy.supported_models.Chroma(cfg)
+    mc.set_inference_dtype(torch.float32, None)
+    model = mc.get_model({})
+    _randomize(model.diffusion_model, seed)
+    model.diffusion_model.requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def tiny_chroma_cond(seed: int = 0, tokens: int = 7):
+    g = torch.Generator().manual_seed(seed + 200)
+    # pooled_output: ComfyUI 0.3.64's Chroma takes Flux's encode_adm, which reads it (Chroma ignores the value)
+    return [[torch.randn(1, tokens, TINY_CHROMA["context_in_dim"], generator=g), {"pooled_output": torch.zeros(1, 32)}]]
+
+
 def tiny_pulid_model(hidden: int = 64, num_ca: int = 4, id_dim: int = TINY_ID_DIM, seed: int = 1,
                      operations=None, dtype=torch.float32) -> PulidFluxModel:
     enc = {**TINY_ENCODER, "output_dim": id_dim}
@@ -83,12 +116,16 @@ def tiny_pulid_model(hidden: int = 64, num_ca: int = 4, id_dim: int = TINY_ID_DI
     return m.to(dtype).eval().requires_grad_(False)
 
 
-def pulid_patcher(pulid_model: PulidFluxModel):
+def pulid_patcher(pulid_model: PulidFluxModel, name: str = "tiny_pulid.safetensors") -> PulidFlux:
+    """The PulidFlux handle the loader node builds: `wrap` makes a ComfyUI ModelPatcher with its devices."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    return comfy.model_patcher.ModelPatcher(pulid_model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    def wrap(module):
+        return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                                offload_device=mm.unet_offload_device())
+
+    return PulidFlux(pulid_model, wrap, name)
 
 
 def tiny_embedding(n: int = 1, id_dim: int = TINY_ID_DIM, seed: int = 2, tokens: int = 8, uncond=True) -> IDEmbedding:
@@ -194,12 +231,22 @@ def call_options(run_model_options, sigmas, cond_or_uncond=(0,), sample_sigmas=N
 
 
 def comfy_forward(patcher, x, timestep, context, y, guidance, cond_or_uncond=(0,), sample_sigmas=None, **kwargs):
-    """Flux.forward (DIFFUSION_MODEL wrappers, patchify, forward_orig with patches_replace) inside a run."""
-    dm = patcher.model.diffusion_model
+    """The raw Flux.forward output (APPLY_MODEL and DIFFUSION_MODEL wrappers, patchify, forward_orig with
+    patches_replace) inside a run: BaseModel.apply_model's wrappers around a direct diffusion-model call (Flux's
+    calculate_input is the identity, so the model sees `x` as apply_model would give it)."""
+    import comfy.patcher_extension as pe
+
+    base = patcher.model
+    dm = base.diffusion_model
+
+    def raw(x, t, c_concat, c_crossattn, control, transformer_options, **kw):
+        return dm(x, t, c_crossattn, control=control, transformer_options=transformer_options, **kw)
 
     def call(mo):
         to = call_options(mo, timestep, cond_or_uncond, sample_sigmas)
-        return dm(x, timestep, context, y=y, guidance=guidance, transformer_options=to, **kwargs)
+        wrappers = pe.get_all_wrappers(pe.WrappersMP.APPLY_MODEL, to)
+        executor = pe.WrapperExecutor.new_class_executor(raw, base, wrappers)
+        return executor.execute(x, timestep, None, context, None, to, y=y, guidance=guidance, **kwargs)
 
     return in_sampling_run(patcher, call)
 
@@ -237,27 +284,28 @@ def golden_pulid_model(g) -> PulidFluxModel:
 
 
 # --------------------------------------------------------------------------------------- instrumentation
-def instrument_cas(pulid_model: PulidFluxModel) -> list:
-    """Swap every CA module for a same-weights subclass that logs ("project", ca, n_id) on project_id and
-    ("attend", ca, rows, k, image_tokens, output) on attend into the returned list (clear it between runs)."""
-    from comfyui_pulid_flux.pulid.attention import PerceiverAttentionCA
+def instrument_tables(monkeypatch) -> list:
+    """Log every ID term the patch computes: ("attend", ca_index, rows, select, image_tokens, output, table),
+    for the folded and the reference tables alike (clear the list between runs)."""
+    from comfyui_pulid_flux.pulid import fold
 
     log: list = []
+    for cls in (fold.FoldedID, fold.ReferenceID):
+        real = cls.residual
 
-    class LoggingCA(PerceiverAttentionCA):
-        def project_id(self, id_tokens):
-            log.append(("project", self, id_tokens.shape[0]))
-            return super().project_id(id_tokens)
-
-        def attend(self, img, k, v):
-            out = super().attend(img, k, v)
-            log.append(("attend", self, img.shape[0], k, img.shape[1], out))
+        def logged(self, ca_index, img, select, real=real):
+            out = real(self, ca_index, img, select)
+            log.append(("attend", ca_index, img.shape[0], select, img.shape[1], out, self))
             return out
 
-    for i, ca in enumerate(pulid_model.pulid_ca):
-        new = LoggingCA(ca.dim, ca.dim_head, ca.heads, ca.kv_dim).to(ca.to_q.weight.dtype)
-        new.load_state_dict(ca.state_dict())
-        pulid_model.pulid_ca[i] = new.eval().requires_grad_(False)
+        monkeypatch.setattr(cls, "residual", logged)
+    real_fold = fold.fold_ca
+
+    def counted(ca, ids):
+        log.append(("fold", ca, ids.shape[0]))
+        return real_fold(ca, ids)
+
+    monkeypatch.setattr(fold, "fold_ca", counted)
     return log
 
 

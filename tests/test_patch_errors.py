@@ -43,11 +43,11 @@ def test_non_flux_models_are_refused(env):
     _, pp = env
     emb = T.tiny_embedding()
     fake = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
-    with pytest.raises(ValueError, match=r"needs a Flux\.1 MODEL .*got types\.SimpleNamespace"):
+    with pytest.raises(ValueError, match=r"needs a Flux\.1 or Chroma MODEL .*got types\.SimpleNamespace"):
         apply_pulid_flux(fake, pp, emb)
     other = T.tiny_flux_patcher()
     other.model.__class__ = type("LongCatImage", (comfy.model_base.Flux,), {})  # a Flux-class relative
-    with pytest.raises(ValueError, match=r"needs a Flux\.1 MODEL .*LongCatImage"):
+    with pytest.raises(ValueError, match=r"needs a Flux\.1 or Chroma MODEL .*LongCatImage"):
         apply_pulid_flux(other, pp, emb)
 
 
@@ -67,9 +67,10 @@ def test_flux2_global_modulation_is_refused(env):
 def test_geometry_mismatch_is_refused(env):
     base, _ = env
     emb = T.tiny_embedding()
-    with pytest.raises(ValueError, match=r"3 double \+ 5 single blocks -> 4 ID cross-attentions.*3 cross-attentions"):
+    with pytest.raises(ValueError, match=r"Flux\.1 model Flux .*3 double \+ 5 single blocks -> 4 ID cross-attentions.*"
+                                         r"tiny_pulid\.safetensors .*3 cross-attentions.*use a full-size Flux\.1"):
         apply_pulid_flux(base, T.pulid_patcher(T.tiny_pulid_model(num_ca=3)), emb)
-    with pytest.raises(ValueError, match=r"hidden 64.*PuLID model \(hidden 32"):
+    with pytest.raises(ValueError, match=r"hidden 64.*PuLID model tiny_pulid\.safetensors \(hidden 32"):
         apply_pulid_flux(base, T.pulid_patcher(T.tiny_pulid_model(hidden=32)), emb)
 
 
@@ -94,7 +95,7 @@ def test_bad_inputs_fail_clearly(env):
         apply_pulid_flux(base, pp, emb, start_step=-1)
     with pytest.raises(ValueError, match=r"mask must have shape \(B, H, W\) or \(H, W\), got \(1, 1, 8, 8\)"):
         apply_pulid_flux(base, pp, emb, mask=torch.ones(1, 1, 8, 8))
-    with pytest.raises(ValueError, match=r"pulid must be a ModelPatcher holding a PulidFluxModel"):
+    with pytest.raises(ValueError, match=r"pulid must be the PuLID model handle .*got ModelPatcher holding Flux"):
         apply_pulid_flux(base, base, emb)
     with pytest.raises(ValueError, match=r"PuLID ID embedding with tokens"):
         apply_pulid_flux(base, pp, torch.zeros(1, 8, 32))
@@ -134,4 +135,52 @@ def test_static_no_monkey_patching_of_flux():
     assert problems == []
     patch_src = (ROOT / "pulid" / "patch.py").read_text()
     assert "import comfy" not in patch_src and "from comfy" not in patch_src  # ComfyUI objects only as arguments
-    assert "def cleanup" not in patch_src.replace("    def cleanup(self, *args, **kwargs):\n        return self.inner.cleanup", "")
+    assert patch_src.count("def cleanup") == 1  # one hook, forwarded to the wrapped patch
+    assert "args[" not in patch_src  # wrapper arguments are read by name
+
+
+def test_non_finite_identities_are_refused_before_sampling(env):
+    base, pp = env
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        emb = T.tiny_embedding()
+        emb.tokens[0, 3, 5] = bad
+        with pytest.raises(ValueError, match=r"tokens hold NaN or infinite values.*encode the identity again"):
+            apply_pulid_flux(base, pp, emb)
+        emb = T.tiny_embedding()
+        emb.uncond[0, 0, 0] = bad
+        with pytest.raises(ValueError, match=r"uncond ID hold NaN or infinite values"):
+            apply_pulid_flux(base, pp, emb)
+
+
+def test_prepared_identity_of_another_pulid_model_is_refused(env):
+    from comfyui_pulid_flux.pulid.fold import prepare_id
+
+    base, pp = env
+    emb = T.tiny_embedding()
+    other = T.pulid_patcher(T.tiny_pulid_model(seed=7), name="other_pulid.safetensors")
+    prepared = prepare_id(other, emb.tokens, emb.uncond)
+    before = T.structure(base.model_options)
+    with pytest.raises(ValueError, match=r"made with the PuLID model 'other_pulid\.safetensors' but is applied with "
+                                         r"'tiny_pulid\.safetensors'"):
+        apply_pulid_flux(base, pp, prepared)
+    assert apply_pulid_flux(base, other, prepared) is not base  # with its own model it applies
+    with pytest.raises(ValueError, match=r"has no uncond ID"):
+        apply_pulid_flux(base, other, prepare_id(other, emb.tokens, None))
+    assert T.structure(base.model_options) == before
+
+
+def test_prepared_tables_that_do_not_fit_are_refused(env):
+    from comfyui_pulid_flux.pulid.fold import FoldedID, PreparedID, prepare_id
+
+    base, pp = env
+    emb = T.tiny_embedding()
+    good = prepare_id(pp, emb.tokens, emb.uncond)
+    t = good.table
+    for a, heads in ((t.a[:, :, :-1], t.heads), (t.a, t.heads * 2), (t.a[:-1], t.heads)):
+        table = FoldedID(a.clone(), t.b.clone(), t.c.clone(), heads, t.eps)
+        bad = PreparedID(table=table, patcher=good.patcher, n_cond=1, with_uncond=True, pulid_name=pp.name,
+                         source=good.source)
+        before = T.structure(base.model_options)
+        with pytest.raises(ValueError, match=r"tables \(CAs, width, heads\) = .* do not fit the PuLID model"):
+            apply_pulid_flux(base, pp, bad)
+        assert T.structure(base.model_options) == before  # nothing patched

@@ -13,7 +13,13 @@ from comfyui_pulid_flux.pulid.regional import (  # noqa: E402
     token_grid,
     token_weights,
 )
-from comfyui_pulid_flux.pulid.schedule import check_window, in_window, is_active, step_index  # noqa: E402
+from comfyui_pulid_flux.pulid.schedule import (  # noqa: E402
+    check_window,
+    in_window,
+    is_active,
+    sigma_window,
+    step_index,
+)
 
 
 class FluxLikeSampling:
@@ -42,6 +48,17 @@ def test_start_step_and_window():
     assert [is_active(s, (0.8, 0.3), 0, schedule) for s in schedule[:-1]] == [False, True, True, False]
     assert is_active(None, (0.1, 0.0), 5, schedule)  # no sigma known: nothing to gate on
     assert in_window(0.5, (0.5, 0.5))
+
+
+def test_window_ends_are_open():
+    """start_percent 0 takes any sigma above the model's largest (a custom schedule may start above 1),
+    end_percent 1 any below its smallest; inner percents come from the model_sampling."""
+    ms = FluxLikeSampling()
+    start, end = sigma_window(ms, 0.0, 1.0)
+    assert start == float("inf") and end == float("-inf")
+    assert is_active(1.6, (start, end), 0, [1.6, 1.1, 0.5, 0.0])
+    assert sigma_window(ms, 0.25, 0.75) == (0.75, 0.25)
+    assert not is_active(1.6, sigma_window(ms, 0.1, 1.0), 0, None)
 
 
 def test_check_window():

@@ -13,7 +13,7 @@ setup_comfyui()
 
 import _tiny_flux as T  # noqa: E402
 
-from comfyui_pulid_flux.pulid.patch import RUN_KEY, apply_pulid_flux  # noqa: E402
+from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
 
 
 def model_sampling_flux(model, shift: float):
@@ -24,10 +24,10 @@ def model_sampling_flux(model, shift: float):
 
 
 @pytest.fixture()
-def setup():
+def setup(monkeypatch):
     base = T.tiny_flux_patcher()
     pm = T.tiny_pulid_model()
-    log = T.instrument_cas(pm)
+    log = T.instrument_tables(monkeypatch)
     return base, pm, T.pulid_patcher(pm), log
 
 
@@ -75,7 +75,9 @@ def test_upstream_and_diffusion_model_untouched(setup):
     assert after == before
     assert T.module_attrs(dm) == attrs  # no attribute set on the diffusion model or any submodule
     assert "forward_orig" not in dm.__dict__ and type(dm).forward_orig is forward_orig
-    assert RUN_KEY not in m2.model_options["transformer_options"]  # run state does not outlive the run
+    for model in (m, m2):  # no call state outlives its call
+        assert all(p.effect.live.plan is None for p in model.model_options["transformer_options"]["patches_replace"]
+                   ["dit"].values())
     # a graph without PuLID sampled after one with PuLID is bit-identical to a fresh one
     assert torch.equal(T.sample(base, cfg=2.0), fresh)
     assert torch.equal(T.sample(base.clone(), cfg=2.0), fresh)
@@ -133,10 +135,9 @@ def test_stacked_applies_and_foreign_patches_all_run(setup):
     log.clear()
     out = T.sample(post, steps=2, cfg=1.0)
     assert foreign == ["after", "before"] * 2
-    first_ca = pm.pulid_ca[0]
-    ks = {id(e[3]) for e in attends(log) if e[1] is first_ca}
-    assert len(ks) == 2  # both identities attended at double block 0, every step
-    assert len([e for e in attends(log) if e[1] is first_ca]) == 4
+    tables = {id(e[6]) for e in attends(log) if e[1] == 0}
+    assert len(tables) == 2  # both identities attended at double block 0, every step
+    assert len([e for e in attends(log) if e[1] == 0]) == 4
     assert not torch.equal(out, T.sample(one, steps=2, cfg=1.0))
 
 
@@ -167,7 +168,7 @@ def test_model_sampling_flux_after_the_node_gates_on_the_shifted_schedule(setup)
     log.clear()
     steps = 8
     T.sample(shifted, steps=steps, cfg=1.0)
-    active = len([e for e in attends(log) if e[1] is pm.pulid_ca[0]])
+    active = len([e for e in attends(log) if e[1] == 0])
     threshold_now = shifted.get_model_object("model_sampling").percent_to_sigma(end)
     threshold_then = base.get_model_object("model_sampling").percent_to_sigma(end)
     expected = sum(1 for s in sigmas_seen if s >= threshold_now)
@@ -176,21 +177,28 @@ def test_model_sampling_flux_after_the_node_gates_on_the_shifted_schedule(setup)
     assert active == expected
 
 
-def test_true_cfg_rows_and_id_work_once_per_run(setup):
+def test_true_cfg_rows_and_id_work_once_per_identity(setup):
     base, pm, pp, log = setup
-    emb = T.tiny_embedding()
     n_ca = pm.num_ca
     steps = 3
-    for mode, rows_per_call, groups_per_call in (("uncond_id", [1, 1], 2), ("none", [1], 1), ("same", [2], 1)):
+    for seed, (mode, rows, selects) in enumerate((("uncond_id", 2, True), ("none", 1, False), ("same", 2, False))):
+        emb = T.tiny_embedding(seed=20 + seed)  # a new identity: folded once, at apply
         log.clear()
         # same text length for both prompts, so ComfyUI batches cond and uncond rows in one call
-        T.sample(apply_pulid_flux(base, pp, emb, uncond_mode=mode), steps=steps, cfg=2.0,
-                 negative=T.tiny_cond(1, tokens=7))
+        m = apply_pulid_flux(base, pp, emb, uncond_mode=mode)
+        folds = [e for e in log if e[0] == "fold"]
+        assert len(folds) == n_ca * (2 if mode == "uncond_id" else 1), mode  # at apply: before the first call
+        T.sample(m, steps=steps, cfg=2.0, negative=T.tiny_cond(1, tokens=7))
         att = attends(log)
-        assert len(att) == steps * n_ca * groups_per_call, mode
-        assert [e[2] for e in att[:groups_per_call]] == rows_per_call, mode
-        projections = [e for e in log if e[0] == "project"]
-        assert len(projections) == n_ca * (2 if mode == "uncond_id" else 1), mode  # once per run, not per step
+        assert len(att) == steps * n_ca and {e[2] for e in att} == {rows}, mode  # one ID term per CA and call
+        assert all((e[3] is not None) == selects for e in att), mode  # per-row entries only with 2 IDs
+        if selects:
+            assert sorted(att[0][3].tolist()) == [0, 1], mode  # one row gets the cond, one the uncond ID
+        assert [e for e in log if e[0] == "fold"] == folds, mode  # nothing folded while sampling
+        # re-queuing with another weight or timing reuses the folded identity (and its ModelPatcher)
+        again = apply_pulid_flux(base, pp, emb, uncond_mode=mode, weight=0.3, start_step=1)
+        assert [e for e in log if e[0] == "fold"] == folds, mode
+        assert again.model_patches_models() == m.model_patches_models()
     log.clear()  # fake CFG (cfg 1): ComfyUI runs only the positive rows
     T.sample(apply_pulid_flux(base, pp, emb), steps=steps, cfg=1.0)
     assert [e[2] for e in attends(log)] == [1] * steps * n_ca
@@ -204,8 +212,9 @@ def test_id_batch_per_item_and_broadcast(setup):
     out_ab = T.sample(apply_pulid_flux(base, pp, both), batch=2, cfg=2.0)
     out_aa = T.sample(apply_pulid_flux(base, pp, twice_a), batch=2, cfg=2.0)
     out_a = T.sample(apply_pulid_flux(base, pp, a), batch=2, cfg=2.0)
-    torch.testing.assert_close(out_ab[0], out_aa[0], atol=1e-6, rtol=0)
-    torch.testing.assert_close(out_aa, out_a, atol=1e-6, rtol=0)  # N=1 broadcasts like N=B of copies
+    # N=1 broadcasts like N=B of copies (one table entry for every row vs one per row: float rounding only)
+    torch.testing.assert_close(out_ab[0], out_aa[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_aa, out_a, atol=1e-5, rtol=0)
     assert (out_ab[1] - out_aa[1]).abs().max() > 1e-3
     three = type(a)(tokens=torch.cat([a.tokens] * 3), uncond=a.uncond)
     with pytest.raises(ValueError, match=r"3 identities but the latent batch is 2"):
@@ -218,7 +227,7 @@ def test_bad_mask_batch_fails_at_sampling_and_leaves_the_model_clean(setup):
     m = apply_pulid_flux(base, pp, T.tiny_embedding(), mask=torch.ones(3, 32, 32))
     with pytest.raises(ValueError, match=r"mask batch 3 matches neither 1 nor the latent batch 2"):
         T.sample(m, batch=2)
-    assert RUN_KEY not in m.model_options["transformer_options"]
+    assert m.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].effect.live.plan is None
     assert torch.equal(T.sample(base, batch=2), fresh)
     ok = T.sample(apply_pulid_flux(base, pp, T.tiny_embedding(), mask=torch.ones(2, 48, 40)), batch=2)
     assert torch.isfinite(ok).all()
@@ -237,18 +246,23 @@ def test_mask_weights_are_computed_once_per_run(setup, monkeypatch):
 
 
 def test_downstream_clone_copies_no_pulid_weights(setup):
+    from comfyui_pulid_flux.pulid.fold import FoldedID
+
     base, pm, pp, _ = setup
-    m = apply_pulid_flux(base, pp, T.tiny_embedding())
+    emb = T.tiny_embedding()
+    m = apply_pulid_flux(base, pp, emb)
     assert T.bytes_copied_by_clone(m) == 0
     c = m.clone()
     dit = m.model_options["transformer_options"]["patches_replace"]["dit"]
     assert all(c.model_options["transformer_options"]["patches_replace"]["dit"][k] is v for k, v in dit.items())
     handed = {id(x): x for x in m.model_patches_models()}
     assert len(handed) == 1
-    (ca_patcher,) = handed.values()
-    assert ca_patcher.model is pm.pulid_ca  # the CAs only, never the IDFormer
-    assert not {id(p) for p in pm.pulid_encoder.parameters()} & {id(p) for p in ca_patcher.model.parameters()}
-    assert apply_pulid_flux(base, pp, T.tiny_embedding()).model_patches_models()[0] is ca_patcher  # cached
+    (table_patcher,) = handed.values()
+    assert isinstance(table_patcher.model, FoldedID)  # the folded tables only: no CA, never the IDFormer
+    pulid_params = {p.data_ptr() for p in pm.parameters()}
+    assert not pulid_params & {p.data_ptr() for p in table_patcher.model.parameters()}
+    assert apply_pulid_flux(base, pp, emb).model_patches_models()[0] is table_patcher  # cached per identity
+    assert apply_pulid_flux(base, pp, T.tiny_embedding(seed=9)).model_patches_models()[0] is not table_patcher
 
 
 @pytest.mark.parametrize("weight_dtype,compute", [(torch.bfloat16, None), (torch.float16, None),
@@ -260,8 +274,7 @@ def test_dtypes_follow_the_diffusion_model(setup, weight_dtype, compute):
     ref = T.sample(base, steps=2, cfg=2.0)
     out = T.sample(apply_pulid_flux(base, pp, T.tiny_embedding()), steps=2, cfg=2.0)
     assert torch.isfinite(out).all() and not torch.equal(out, ref)
-    hidden = {e[3].dtype for e in attends(log)}
-    assert hidden == {torch.float32}  # plain fp32 CA modules compute in their own dtype, cast back
+    assert {e[5].dtype for e in attends(log)} == {torch.float32}  # fp32 tables compute in fp32, cast back
 
 
 def test_kontext_reference_latents_run_and_only_main_tokens_get_the_id(setup):
@@ -278,15 +291,71 @@ def test_kontext_reference_latents_run_and_only_main_tokens_get_the_id(setup):
     assert not torch.equal(out, T.comfy_forward(base, *args, ref_latents=[ref]))
 
 
-def test_sub_patchers_are_cached_and_disjoint(setup):
-    import comfy.model_management as mm
+def sigmas_with_id(model, log, run) -> tuple[list[float], list[float]]:
+    """(sigmas of all model calls, sigmas of the calls whose first CA added the ID) while run(probed) samples."""
+    import comfy.patcher_extension as pe
 
-    from comfyui_pulid_flux.pulid.patchers import ca_patcher, encoder_patcher
+    probed = model.clone()
+    probed.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "probe",
+                                lambda ex, *a, **k: (log.append(("call", float(a[1].max()))), ex(*a, **k))[1])
+    log.clear()
+    run(probed)
+    calls, with_id = [], []
+    for e in log:
+        if e[0] == "call":
+            calls.append(e[1])
+        elif e[0] == "attend" and e[1] == 0:
+            with_id.append(calls[-1])
+    return calls, with_id
 
-    _, pm, pp, _ = setup
-    ca, enc = ca_patcher(pp), encoder_patcher(pp)
-    assert ca is ca_patcher(pp) and enc is encoder_patcher(pp)
-    assert ca.model is pm.pulid_ca and enc.model is pm.pulid_encoder
-    assert not {id(p) for p in ca.model.parameters()} & {id(p) for p in enc.model.parameters()}
-    mm.load_models_gpu([enc])  # what the encode node can load instead of the whole PuLID model
-    assert enc.loaded_size() > 0
+
+def test_custom_schedule_above_sigma_one_gets_the_id_from_step_0(setup):
+    import comfy.sample
+    import comfy.samplers
+
+    base, _, pp, log = setup
+    m = apply_pulid_flux(base, pp, T.tiny_embedding())  # start_percent 0: no upper bound on sigma
+    latent = torch.zeros(1, 16, 4, 4)
+    sigmas = torch.tensor([1.6, 1.1, 0.5, 0.0])
+    assert base.get_model_object("model_sampling").percent_to_sigma(0.0) < sigmas[0]
+
+    def run(model):
+        comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, 0), 1.0,
+                                   comfy.samplers.sampler_object("euler"), sigmas, T.tiny_cond(0), T.tiny_cond(1),
+                                   latent, disable_pbar=True, seed=0)
+
+    calls, with_id = sigmas_with_id(m, log, run)
+    assert calls == pytest.approx(sigmas[:-1].tolist()) and with_id == calls
+
+
+def test_split_sampling_counts_start_step_per_sampler_and_percents_on_the_noise_scale(setup):
+    """Two samplers (KSamplerAdvanced-style start/last step) or denoise < 1: start_step counts from the first
+    step of each sampler run; start/end_percent are noise levels, the same whatever the split."""
+    import comfy.sample
+
+    base, _, pp, log = setup
+    steps = 6
+    latent = torch.zeros(1, 16, 4, 4)
+    noise = comfy.sample.prepare_noise(latent, 0)
+
+    def ksampler(first=None, last=None, denoise=1.0):
+        def run(model):
+            comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", T.tiny_cond(0), T.tiny_cond(1), latent,
+                                denoise=denoise, start_step=first, last_step=last, disable_pbar=True, seed=0)
+        return run
+
+    by_step = apply_pulid_flux(base, pp, T.tiny_embedding(), start_step=2)
+    calls, whole = sigmas_with_id(by_step, log, ksampler())
+    assert whole == calls[2:]
+    first_calls, first = sigmas_with_id(by_step, log, ksampler(0, 3))
+    second_calls, second = sigmas_with_id(by_step, log, ksampler(3, steps))
+    assert first_calls + second_calls == pytest.approx(calls)  # the same steps, split in two runs
+    assert first == first_calls[2:] and second == second_calls[2:]  # each sampler starts counting at 0
+    low_calls, low = sigmas_with_id(by_step, log, ksampler(denoise=0.5))
+    assert len(low_calls) == steps and low == low_calls[2:]  # denoise < 1: counted within that run too
+
+    by_percent = apply_pulid_flux(base, pp, T.tiny_embedding(), start_percent=0.2, end_percent=0.6)
+    _, whole = sigmas_with_id(by_percent, log, ksampler())
+    _, first = sigmas_with_id(by_percent, log, ksampler(0, 3))
+    _, second = sigmas_with_id(by_percent, log, ksampler(3, steps))
+    assert 0 < len(whole) < steps and first + second == pytest.approx(whole)  # the same noise levels
