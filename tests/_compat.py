@@ -111,23 +111,24 @@ def run_node(cls, **inputs) -> tuple:
 # --------------------------------------------------------------------------------------- the check
 @dataclass
 class Kit:
-    """A tiny PuLID model (its CAs logged), its handle, and one identity."""
+    """A tiny PuLID model, its PulidFlux handle, one identity, and the log of every ID term computed
+    (tests/_tiny_flux.instrument_tables: ("attend", ca_index, rows, select, image_tokens, output, table))."""
 
     pulid_model: object
     pulid: object
     identity: object
     log: list
 
-    def attends(self) -> list:
-        return [e for e in self.log if e[0] == "attend"]
+    def attends(self, ca_index: int | None = None) -> list:
+        return [e for e in self.log if e[0] == "attend" and (ca_index is None or e[1] == ca_index)]
 
 
-def make_kit(hidden: int = 64, num_ca: int = 4, seed: int = 1, dtype=torch.float32) -> Kit:
+def make_kit(monkeypatch, hidden: int = 64, num_ca: int = 4, seed: int = 1, dtype=torch.float32) -> Kit:
+    """monkeypatch: a pytest MonkeyPatch (module fixtures: pytest.MonkeyPatch(), undone at teardown)."""
     import _tiny_flux as T
 
     pm = T.tiny_pulid_model(hidden=hidden, num_ca=num_ca, seed=seed, dtype=dtype)
-    log = T.instrument_cas(pm)
-    return Kit(pm, T.pulid_patcher(pm), T.tiny_embedding(), log)
+    return Kit(pm, T.pulid_patcher(pm), T.tiny_embedding(), T.instrument_tables(monkeypatch))
 
 
 def apply_id(model, kit: Kit, **kwargs):

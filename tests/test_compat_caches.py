@@ -25,6 +25,8 @@ setup_comfyui()
 import _compat as C  # noqa: E402
 import _tiny_flux as T  # noqa: E402
 
+from comfyui_pulid_flux.pulid.config import ca_layout  # noqa: E402
+
 ORDERS = ["pulid_first", "pulid_last"]
 STEPS = 8
 # Both packs work alone on 0.3.64 and fail alone on 0.33 (see the module docstring).
@@ -40,7 +42,9 @@ def base():
 
 @pytest.fixture(scope="module")
 def kit():
-    return C.make_kit()
+    mp = pytest.MonkeyPatch()
+    yield C.make_kit(mp)
+    mp.undo()
 
 
 def teacache(threshold: float = 0.4):
@@ -120,9 +124,10 @@ def test_every_computed_step_gets_the_id(base, kit, cache, order):
     kit.log.clear()
     T.sample(model, steps=STEPS)
     assert 0 < len(computed) < STEPS, f"{cache} skipped no step with PuLID: test too weak"
-    layout_single0 = kit.pulid_model.pulid_ca[-2]  # the CA after single block 0 (tiny layout: d0, d2, s0, s4)
-    per_ca = {id(ca): len([e for e in kit.attends() if e[1] is ca]) for ca in kit.pulid_model.pulid_ca}
-    assert per_ca[id(layout_single0)] == len(computed), (per_ca, len(computed))
+    params = base.model.diffusion_model.params
+    single0 = ca_layout(params.depth, params.depth_single_blocks).single[0]  # the CA after single block 0
+    per_ca = {i: len(kit.attends(i)) for i in range(kit.pulid_model.num_ca)}
+    assert per_ca[single0] == len(computed), (per_ca, len(computed))
     assert all(n >= len(computed) for n in per_ca.values()), per_ca  # double 0 may run on cached steps too
 
 

@@ -14,8 +14,8 @@ setup_comfyui()
 
 import _compat as C  # noqa: E402
 import _tiny_flux as T  # noqa: E402
+import gguf  # noqa: E402  (requirements-test.txt)
 
-gguf = pytest.importorskip("gguf", reason="the `gguf` package (requirements-test.txt) is needed for GGUF files")
 QTYPES = ["Q8_0", "Q4_K"]
 
 
@@ -40,7 +40,9 @@ def gguf_files(source, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kit256():
-    return C.make_kit(hidden=C.GGUF_FLUX["hidden_size"])
+    mp = pytest.MonkeyPatch()
+    yield C.make_kit(mp, hidden=C.GGUF_FLUX["hidden_size"])
+    mp.undo()
 
 
 def test_q4_k_writer_agrees_with_gguf_dequantizer():
@@ -68,14 +70,14 @@ def test_gguf_flux_with_pulid(source, gguf_files, kit256, qtype):
 
 
 @pytest.mark.parametrize("weight_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3fn", "e5m2"])
-def test_fp8_unet_weights_with_manual_cast(weight_dtype):
+def test_fp8_unet_weights_with_manual_cast(weight_dtype, monkeypatch):
     base = T.tiny_flux_patcher(weight_dtype=weight_dtype, manual_cast_dtype=torch.bfloat16)
     assert base.model.diffusion_model.double_blocks[0].img_attn.qkv.weight.dtype == weight_dtype
-    kit = C.make_kit()
+    kit = C.make_kit(monkeypatch)
     C.check_combination(lambda pulid: T.sample(base if pulid is None else pulid(base), steps=2, cfg=2.0), kit)
 
 
-def test_fp16_unet_weights():
+def test_fp16_unet_weights(monkeypatch):
     """--fp16-unet stores the weights in fp16; ComfyUI picks the compute dtype for the device."""
     import comfy.model_management as mm
 
@@ -83,4 +85,4 @@ def test_fp16_unet_weights():
     for manual_cast in {compute, None}:
         base = T.tiny_flux_patcher(weight_dtype=torch.float16, manual_cast_dtype=manual_cast)
         C.check_combination(lambda pulid, b=base: T.sample(b if pulid is None else pulid(b), steps=2, cfg=2.0),
-                            C.make_kit())
+                            C.make_kit(monkeypatch))
