@@ -21,26 +21,43 @@ pytestmark = [pytest.mark.e2e, pytest.mark.comfyui]
 
 WAN_GGUF = "wan2.1-tiny-Q8_0.gguf"
 PULID_WIDE = "pulid_flux_tiny_hidden1024.safetensors"  # CA width 1024, the tiny Flux is 3072 wide
-PULID_DEEP = "pulid_flux_tiny_3ca.safetensors"  # 3 CAs (3 double + 1 single blocks), the tiny Flux needs 2
+PULID_DEEP = "pulid_flux_tiny_3ca.safetensors"  # 3 CAs, the tiny Flux (1 double + 1 single block) takes 2
 PULID_FP8 = "pulid_flux_tiny_fp8.safetensors"
 ID_NAN, ID_INF = "id_nan.safetensors", "id_inf.safetensors"
 
 
-def _tiny_pulid(**geometry):
-    """A PuLID model like tests/_e2e/pack_models.py's (same encoder, so Encode runs) with another geometry."""
-    import _tiny_faces as tf
-    import _tiny_flux as T
+def _pulid_variant(src, dst, *, width: int | None = None, extra_ca: bool = False, dtype=None) -> None:
+    """Another PuLID file made from the tiny one (same encoder, so Encode runs): CA width cut to `width`, one
+    more CA (a copy of the last), or every float tensor stored in `dtype`. The metadata is kept."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
-    from comfyui_pulid_flux.pulid.config import PulidFluxConfig
-    from comfyui_pulid_flux.pulid.model import PulidFluxModel
+    with safe_open(str(src), "pt") as f:
+        sd, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    hidden = max(v.shape[0] for k, v in sd.items() if k.startswith("pulid_ca.0.") and v.ndim == 1)
+    if width is not None:
+        for k, v in sd.items():
+            if k.startswith("pulid_ca."):
+                for d in range(v.ndim):
+                    if v.shape[d] == hidden:
+                        v = v.narrow(d, 0, width)
+                sd[k] = v.contiguous()
+    if extra_ca:
+        last = max(int(k.split(".")[1]) for k in sd if k.startswith("pulid_ca."))
+        sd.update({k.replace(f"pulid_ca.{last}.", f"pulid_ca.{last + 1}.", 1): v.clone()
+                   for k, v in list(sd.items()) if k.startswith(f"pulid_ca.{last}.")})
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    save_file(sd, str(dst), metadata=metadata)
 
-    eva = tf.tiny_eva_config()
-    cfg = dict(flux_double_blocks=1, flux_single_blocks=1, flux_hidden=3072, ca_dim_head=16, ca_heads=2, id_dim=64,
-               encoder_dim=64, encoder_dim_head=16, encoder_heads=4, ff_mult=2, mapping_hidden=64, arcface_dim=512,
-               clip_embed_dim=eva.embed_dim, vit_width=eva.width)
-    model = PulidFluxModel.from_config(PulidFluxConfig(**{**cfg, **geometry}))
-    T._randomize(model, 11, scale=0.02)
-    return model
+
+def _id_dim(pulid_file) -> int:
+    """The ID token width of a PuLID file: the input width of its CAs' key/value projection."""
+    from safetensors import safe_open
+
+    with safe_open(str(pulid_file), "pt") as f:
+        return next(f.get_slice(k).get_shape()[1] for k in f.keys()
+                    if k.startswith("pulid_ca.0.") and "kv" in k and k.endswith("weight"))
 
 
 def _wan_state_dict() -> dict:
@@ -55,12 +72,10 @@ def _wan_state_dict() -> dict:
     return random_state_dict({k: tuple(v.shape) for k, v in wan.state_dict().items()}, torch.float32, 5)
 
 
-def _prepare(env) -> None:
+def _prepare(env, pulid_file) -> None:
     import _compat as C
     import comfy.model_detection
-    from _e2e.harness import PACK  # noqa: F401  (the pack is symlinked in by E2E already)
 
-    from comfyui_pulid_flux.pulid.checkpoint import save_pulid_file
     from comfyui_pulid_flux.pulid.embedding import IDEmbedding
 
     C.unpack("gguf", env.base / "custom_nodes")
@@ -69,15 +84,16 @@ def _prepare(env) -> None:
     sd = _wan_state_dict()
     assert comfy.model_detection.detect_unet_config(sd, "")["image_model"] == "wan2.1"
     C.write_gguf(models / "diffusion_models" / WAN_GGUF, sd, "Q8_0", arch="wan")
-    save_pulid_file(_tiny_pulid(flux_hidden=1024), models / "pulid" / PULID_WIDE)
-    save_pulid_file(_tiny_pulid(flux_double_blocks=3), models / "pulid" / PULID_DEEP)
-    save_pulid_file(_tiny_pulid(), models / "pulid" / PULID_FP8, dtype=torch.float8_e4m3fn)
+    _pulid_variant(pulid_file, models / "pulid" / PULID_WIDE, width=1024)
+    _pulid_variant(pulid_file, models / "pulid" / PULID_DEEP, extra_ca=True)
+    _pulid_variant(pulid_file, models / "pulid" / PULID_FP8, dtype=torch.float8_e4m3fn)
     ids = env.base / "input" / "pulid_ids"
     ids.mkdir(parents=True, exist_ok=True)
+    id_dim = _id_dim(pulid_file)
     for name, bad in ((ID_NAN, float("nan")), (ID_INF, float("inf"))):
-        tokens = torch.randn(1, 4, 64)
+        tokens = torch.randn(1, 4, id_dim)
         tokens[0, 1, 3] = bad
-        IDEmbedding(tokens=tokens, uncond=torch.zeros(1, 4, 64)).save(ids / name)
+        IDEmbedding(tokens=tokens, uncond=torch.zeros(1, 4, id_dim)).save(ids / name)
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +108,9 @@ def srv(tmp_path_factory):
     from _e2e.pack_models import ensure_pack_models
 
     ensure_comfy_models(CACHE_DIR)
-    ensure_pack_models(CACHE_DIR)
+    pack = ensure_pack_models(CACHE_DIR)
     env = E2E(root, sys.executable, tmp_path_factory.mktemp("compat_base"), CACHE_DIR)
-    _prepare(env)
+    _prepare(env, pack["pulid"])
     try:
         env.start()
         assert "UnetLoaderGGUF" in env.object_info, f"ComfyUI-GGUF did not load:\n{env.server.tail(60)}"
@@ -135,11 +151,11 @@ def test_gguf_model_of_another_architecture(srv):
     _expect_error(srv, api, "PuLIDFluxID_Apply", "Flux.1", "WAN", "Load a Flux.1")
 
 
-@pytest.mark.parametrize("pulid_file,shown", [(PULID_WIDE, "hidden 1024"), (PULID_DEEP, "3 cross-attentions")])
+@pytest.mark.parametrize("pulid_file,shown", [(PULID_WIDE, "1024"), (PULID_DEEP, "3 ")])
 def test_flux_geometry_that_does_not_fit_the_pulid_file(srv, pulid_file, shown):
     api = _set(_basic(srv), "PuLIDFluxID_ModelLoader", pulid_file=pulid_file)
-    # the Flux side (3072 wide, 1 + 1 blocks -> 2 CAs), the PuLID side, the file and the fix
-    _expect_error(srv, api, "PuLIDFluxID_Apply", "hidden 3072", shown, pulid_file, "made for this Flux.1 model")
+    # the Flux side (3072 wide, 1 + 1 blocks), the PuLID side's value, the file and the fix
+    _expect_error(srv, api, "PuLIDFluxID_Apply", "3072", shown, pulid_file, "made for this")
 
 
 def test_fp8_pulid_file(srv):
