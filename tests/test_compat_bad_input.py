@@ -75,6 +75,8 @@ def _wan_state_dict() -> dict:
 def _prepare(env, pulid_file) -> None:
     import _compat as C
     import comfy.model_detection
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     from comfyui_pulid_flux.pulid.embedding import IDEmbedding
 
@@ -91,9 +93,12 @@ def _prepare(env, pulid_file) -> None:
     ids.mkdir(parents=True, exist_ok=True)
     id_dim = _id_dim(pulid_file)
     for name, bad in ((ID_NAN, float("nan")), (ID_INF, float("inf"))):
-        tokens = torch.randn(1, 4, id_dim)
-        tokens[0, 1, 3] = bad
-        IDEmbedding(tokens=tokens, uncond=torch.zeros(1, 4, id_dim)).save(ids / name)
+        # a good ID file as Save ID writes it, then one token value damaged in the file itself
+        IDEmbedding(tokens=torch.randn(1, 4, id_dim), uncond=torch.zeros(1, 4, id_dim)).save(ids / name)
+        with safe_open(str(ids / name), "pt") as f:
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        tensors["tokens"][0, 1, 3] = bad
+        save_file(tensors, str(ids / name), metadata=metadata)
 
 
 @pytest.fixture(scope="module")
