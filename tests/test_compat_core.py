@@ -230,3 +230,19 @@ def test_torch_compile_model(base, kit):
         return T.sample(C.run_node(TorchCompileModel, model=m, backend="inductor")[0], steps=2)
 
     C.check_combination(graph, kit)
+
+
+# --------------------------------------------------------------------------------------- Chroma
+def test_chroma_in_a_true_cfg_graph(kit):
+    """Chroma (no distilled guidance: true CFG is its normal mode) through core's CFGGuider and
+    SamplerCustomAdvanced with a negative; tests/test_chroma.py covers masks, per-item IDs and refusals."""
+    chroma = T.tiny_chroma_patcher()
+    positive, negative = T.tiny_chroma_cond(0), T.tiny_chroma_cond(1, tokens=7)
+
+    def graph(pulid):
+        return _custom_sample(chroma if pulid is None else pulid(chroma), positive, negative, cfg=3.0)
+
+    C.check_combination(graph, kit)
+    kit.log.clear()
+    graph(C.pulid_step(kit))
+    assert {e[2] for e in kit.attends()} == {2}  # the cond and the uncond row, each with its own ID
