@@ -2,14 +2,16 @@
 
 Inside ComfyUI this module exposes ``comfy_entrypoint`` only: a module that also defined
 NODE_CLASS_MAPPINGS would be loaded as V1 and its entrypoint never called. Without ComfyUI (plain
-``import`` in tests or tools) it exposes nothing and imports nothing heavy.
+``import`` in tests or tools, or this file imported on its own, as pytest does) it exposes nothing.
 """
 
+__all__: list[str] = []
 try:
     import comfy_api.latest  # noqa: F401  (ComfyUI with the V3 node API, >= 0.3.64)
 except ImportError:
-    __all__: list[str] = []
+    pass
 else:
-    from .nodes import comfy_entrypoint
+    if __package__:
+        from .nodes import comfy_entrypoint
 
-    __all__ = ["comfy_entrypoint"]
+        __all__ = ["comfy_entrypoint"]

@@ -66,17 +66,18 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
     from _tiny_faces import blob_detections, cached, face_image, make_tiny_antelopev2, make_tiny_facexlib
+    from _writers import load_eva, save_eva_checkpoint
 
     from comfyui_pulid_flux.encoders import (
         EVA02_CLIP_L_336,
         EvaVisionTower,
+        check_pulid_tower,
         encode_identity,
-        load_eva_clip,
         load_face_aligner,
         load_face_analyzer,
     )
-    from comfyui_pulid_flux.encoders.eva_clip import save_eva_checkpoint
     from comfyui_pulid_flux.pulid.encoder import IDFormer
+    from comfyui_pulid_flux.pulid.model import PulidFluxModel
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,8 +107,9 @@ def main(argv=None) -> int:
             del src
             gc.collect()
             rss0 = rss_gb()
-            t_load, m.eva = timed(lambda: load_eva_clip(path, expected=EVA02_CLIP_L_336))
-            print(f"  load_eva_clip (fp16 -> fp32, strict keys): {t_load:.1f} s, RSS {rss0:.2f} -> {rss_gb():.2f} GB")
+            t_load, m.eva = timed(lambda: load_eva(path))
+            check_pulid_tower(m.eva.config, path)
+            print(f"  load_eva (fp16 -> fp32, strict keys): {t_load:.1f} s, RSS {rss0:.2f} -> {rss_gb():.2f} GB")
     print(f"  peak RSS after tower: {peak_rss_gb():.2f} GB")
 
     # --- one tower forward ----------------------------------------------------------------------------
@@ -131,12 +133,12 @@ def main(argv=None) -> int:
 
     # --- full-size IDFormer ----------------------------------------------------------------------------
     t = time.perf_counter()
-    m.idf = IDFormer().eval()
+    m.idf = IDFormer(**PulidFluxModel.from_config(device="meta").encoder_args).eval()
     t_build = time.perf_counter() - t
     id_cond = torch.randn(1, 1280)
     with torch.no_grad():
         t_idf, tokens = timed(lambda: m.idf(id_cond, m.hidden), repeat=2)
-        t_unc, _ = timed(lambda: m.idf.uncond(EVA02_CLIP_L_336.num_tokens), repeat=1)
+        t_unc, _ = timed(lambda: m.idf.uncond_id(EVA02_CLIP_L_336.num_tokens), repeat=1)
     n_idf = sum(p.numel() for p in m.idf.parameters())
     print(f"IDFormer full size ({n_idf / 1e6:.1f} M params, built {t_build:.1f} s): forward {t_idf * 1000:.0f} ms "
           f"-> {tuple(tokens.shape)}; uncond {t_unc * 1000:.0f} ms")
@@ -149,13 +151,14 @@ def main(argv=None) -> int:
 
     def encode(n):
         batch = torch.from_numpy(np.stack(imgs[:n])).float() / 255
-        return encode_identity(batch, face_analyzer=m.analyzer, aligner=m.aligner, eva=m.eva, id_encoder=m.idf,
-                               uncond_encoder=lambda k: m.idf.uncond(k))
+        res = encode_identity(batch, face_analyzer=m.analyzer, aligner=m.aligner, eva=m.eva)
+        with torch.no_grad():  # what the Encode node adds
+            return m.idf(res.id_cond, res.id_vit_hidden), m.idf.uncond_id(EVA02_CLIP_L_336.num_tokens)
 
     for n in (1, 4):
-        t_enc, res = timed(lambda n=n: encode(n))
-        print(f"encode_identity, {n} reference(s): {t_enc:.2f} s ({t_enc / n:.2f} s per image); tokens "
-              f"{tuple(res.tokens.shape)}, uncond {tuple(res.uncond.shape)}; peak RSS {peak_rss_gb():.2f} GB")
+        t_enc, (res_tokens, res_uncond) = timed(lambda n=n: encode(n))
+        print(f"encode_identity + IDFormer, {n} reference(s): {t_enc:.2f} s ({t_enc / n:.2f} s per image); tokens "
+              f"{tuple(res_tokens.shape)}, uncond {tuple(res_uncond.shape)}; peak RSS {peak_rss_gb():.2f} GB")
 
     # --- release -----------------------------------------------------------------------------------------
     refs = {name: weakref.ref(getattr(m, name)) for name in ("eva", "analyzer", "aligner", "idf")}
@@ -170,7 +173,7 @@ def main(argv=None) -> int:
     except OSError:
         pass
     alive = [name for name, r in refs.items() if r() is not None]
-    print(f"after del + gc: encoders alive = {alive or 'none'}; result kept: tokens {tuple(res.tokens.shape)}; "
+    print(f"after del + gc: encoders alive = {alive or 'none'}; result kept: tokens {tuple(res_tokens.shape)}; "
           f"RSS {rss_before:.2f} -> {rss_freed:.2f} GB (after malloc_trim {rss_gb():.2f} GB)")
     return 1 if alive else 0
 

@@ -1,16 +1,13 @@
-"""Error classes of the encoders (all subclass a built-in, so callers may catch either).
-
-* ``ModelFilesError`` (FileNotFoundError): a model folder or file is missing; the message names the
-  folder, the expected file names and where to get them.
-* ``EvaCheckpointError`` (ValueError): an EVA-CLIP checkpoint is unreadable, of another model, or has
-  missing / unexpected / mis-shaped vision keys (named in the message).
-* ``ImageInputError`` (ValueError): an input image is unusable (shape, size, channels); names its index.
-* ``FaceNotFoundError`` (RuntimeError): no face in a reference image; names its index and what to try.
-* ``MissingDependencyError`` (ImportError): an optional library (insightface, facexlib, timm, cv2,
-  onnxruntime) is not installed; names the pip command.
-"""
+"""Error classes of the encoders (each subclasses a built-in, so callers may catch either), and the two
+helpers every loader uses: lazy imports and models shared while alive."""
 
 from __future__ import annotations
+
+import threading
+import weakref
+
+_shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_shared_lock = threading.Lock()
 
 
 class ModelFilesError(FileNotFoundError):
@@ -18,27 +15,25 @@ class ModelFilesError(FileNotFoundError):
 
 
 class EvaCheckpointError(ValueError):
-    """An EVA-CLIP checkpoint cannot be used for the PuLID vision tower."""
+    """An EVA-CLIP state dict cannot be used for the PuLID vision tower."""
 
 
-class ImageInputError(ValueError):
-    """An input image cannot be used (shape, size, channels, value range)."""
-
+class _AboutOneImage(Exception):
     def __init__(self, message: str, index: int | None = None):
         super().__init__(message)
-        self.index = index
+        self.index = index  # which reference image
 
 
-class FaceNotFoundError(RuntimeError):
+class ImageInputError(_AboutOneImage, ValueError):
+    """A reference image cannot be used (type, shape, size, values)."""
+
+
+class FaceNotFoundError(_AboutOneImage, RuntimeError):
     """No usable face in a reference image."""
-
-    def __init__(self, message: str, index: int | None = None):
-        super().__init__(message)
-        self.index = index
 
 
 class MissingDependencyError(ImportError):
-    """An optional library needed by the encoders is not installed."""
+    """An optional library of the encoders is not installed."""
 
 
 def require(module: str, pip_name: str | None = None):
@@ -50,6 +45,16 @@ def require(module: str, pip_name: str | None = None):
     except ImportError as e:
         pkg = pip_name or module.split(".")[0]
         raise MissingDependencyError(
-            f"PuLID-Flux encoders need the Python package {pkg!r} (import {module!r} failed: {e}); "
+            f"PuLID-Flux needs the Python package {pkg!r} (import {module!r} failed: {e}); "
             f"install it into ComfyUI's Python with: python -m pip install {pkg}"
         ) from e
+
+
+def shared(key: tuple, build):
+    """The object built for ``key`` while anyone holds it (same folder -> same model), else ``build()`` anew;
+    nothing global keeps a model alive."""
+    with _shared_lock:
+        hit = _shared.get(key)
+        if hit is None:
+            hit = _shared[key] = build()
+        return hit

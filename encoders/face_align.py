@@ -1,36 +1,25 @@
-"""facexlib: 5-point FFHQ alignment to 512x512 and BiSeNet face parsing (spec §a.2-a.3).
+"""facexlib: 5-point FFHQ alignment to 512x512 and BiSeNet face parsing.
 
-``load_face_aligner(folder)`` loads facexlib's RetinaFace-ResNet50 detector (only needed for the
-official ``facexlib`` alignment source) and BiSeNet from ``folder`` (facexlib's ``model_rootpath``; no
-download). The alignment is the one of facexlib's ``FaceRestoreHelper`` (``get_face_landmarks_5(
-only_center_face=True)`` + ``align_warp_face``): detection at threshold 0.97, the face closest to the
-image centre, LMEDS similarity onto the FFHQ-512 template, constant gray border. ParseNet, which that
-helper also loads but PuLID never uses, is not needed.
+The alignment is that of facexlib's ``FaceRestoreHelper`` as the official code calls it
+(``get_face_landmarks_5(only_center_face=True)`` + ``align_warp_face``): RetinaFace at threshold 0.97, the
+face closest to the image centre, LMEDS similarity onto the FFHQ-512 template, constant gray border.
+ParseNet, which that helper also loads but PuLID never uses, is not needed.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 import warnings
-import weakref
 
 import numpy as np
 import torch
 
-from .errors import ModelFilesError, require
-
-log = logging.getLogger(__name__)
+from .errors import ModelFilesError, require, shared
 
 DETECTION_FILE = "detection_Resnet50_Final.pth"  # facexlib init_detection_model('retinaface_resnet50')
 PARSING_FILE = "parsing_bisenet.pth"  # facexlib init_parsing_model('bisenet')
-FACEXLIB_SOURCE = {
-    DETECTION_FILE: "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
-    PARSING_FILE: "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",
-}
-ALIGN_SIZE = 512  # FaceRestoreHelper(face_size=512) (pipeline_flux.py:47-54)
-# FFHQ 5-point template for 512 px (facexlib face_restoration_helper.py:73-75): eyes, nose, mouth corners.
+ALIGN_SIZE = 512  # official PuLIDPipeline.__init__: FaceRestoreHelper(face_size=512)
+# FFHQ 5-point template for 512 px (facexlib FaceRestoreHelper.__init__): eyes, nose, mouth corners.
 FFHQ_TEMPLATE_512 = np.array(
     [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043],
      [313.08905, 371.15118]],
@@ -38,22 +27,16 @@ FFHQ_TEMPLATE_512 = np.array(
 )
 ALIGN_BORDER_VALUE = (135, 133, 132)  # warpAffine borderValue in align_warp_face (gray, BGR)
 FACEXLIB_DET_THRESHOLD = 0.97  # get_face_landmarks_5: detect_faces(img, 0.97)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # parsing input normalisation (pipeline_flux.py:163)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # parsing input normalisation (official get_id_embedding)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_lock = threading.Lock()
 
 
 def _check_files(folder: str, need_detector: bool) -> None:
     wanted = [PARSING_FILE] + ([DETECTION_FILE] if need_detector else [])
-    if not os.path.isdir(folder):
-        missing = wanted
-    else:
-        missing = [f for f in wanted if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
-        where = "; ".join(f"{f} from {FACEXLIB_SOURCE[f]}" for f in missing)
-        raise ModelFilesError(f"facexlib folder {folder!r} lacks {', '.join(missing)}: put {where} there")
+    missing = [f for f in wanted if not os.path.isfile(os.path.join(folder, f))]
+    if missing:  # checked here: facexlib itself would download a missing file
+        raise ModelFilesError(f"facexlib folder {folder!r} lacks {', '.join(missing)}")
 
 
 def _quiet(fn, *args, **kwargs):
@@ -66,25 +49,17 @@ class FaceAligner:
     """facexlib detector (lazy) + BiSeNet. Build with ``load_face_aligner``."""
 
     def __init__(self, folder: str, device: torch.device | str = "cpu"):
-        self.folder = folder
-        self.device = torch.device(device)
-        parsing = require("facexlib.parsing", "facexlib")
-        self.parser = _quiet(parsing.init_parsing_model, "bisenet", device=self.device, model_rootpath=folder)
-        self._detector = None
-        self._det_lock = threading.Lock()
+        self.folder, self.device, self._detector = folder, torch.device(device), None
+        self.parser = _quiet(require("facexlib.parsing", "facexlib").init_parsing_model, "bisenet",
+                             device=self.device, model_rootpath=folder)
 
     @property
     def detector(self):
         """facexlib RetinaFace-ResNet50, loaded on first use (only the ``facexlib`` alignment source needs it)."""
         if self._detector is None:
-            with self._det_lock:
-                if self._detector is None:
-                    _check_files(self.folder, need_detector=True)
-                    detection = require("facexlib.detection", "facexlib")
-                    self._detector = _quiet(
-                        detection.init_detection_model, "retinaface_resnet50", half=False, device=self.device,
-                        model_rootpath=self.folder,
-                    )
+            _check_files(self.folder, need_detector=True)
+            self._detector = _quiet(require("facexlib.detection", "facexlib").init_detection_model,
+                                    "retinaface_resnet50", half=False, device=self.device, model_rootpath=self.folder)
         return self._detector
 
     def detect_landmarks(self, bgr: np.ndarray) -> np.ndarray | None:
@@ -110,9 +85,8 @@ class FaceAligner:
         matrix = cv2.estimateAffinePartial2D(lmk, FFHQ_TEMPLATE_512, method=cv2.LMEDS)[0]
         if matrix is None or not np.isfinite(matrix).all():
             raise ValueError(f"cannot align a face from landmarks {lmk.round(1).tolist()}")
-        return cv2.warpAffine(
-            bgr, matrix, (ALIGN_SIZE, ALIGN_SIZE), borderMode=cv2.BORDER_CONSTANT, borderValue=ALIGN_BORDER_VALUE
-        )
+        return cv2.warpAffine(bgr, matrix, (ALIGN_SIZE, ALIGN_SIZE), borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=ALIGN_BORDER_VALUE)
 
     def parse(self, aligned_bgr: np.ndarray) -> torch.Tensor:
         """BiSeNet labels of the aligned face: (512, 512) int64 on the CPU (19 CelebAMask-HQ classes)."""
@@ -135,12 +109,8 @@ def load_face_aligner(
     """
     folder = os.path.abspath(os.fspath(folder))
     _check_files(folder, need_detector)
-    key = (os.path.realpath(folder), str(torch.device(device)))
-    with _lock:
-        hit = _cache.get(key)
-        if hit is None:
-            hit = FaceAligner(folder, device)
-            _cache[key] = hit
+    aligner = shared(("facexlib", os.path.realpath(folder), str(torch.device(device))),
+                     lambda: FaceAligner(folder, device))
     if need_detector:
-        hit.detector  # noqa: B018 - load now so that a broken file fails at load time, not mid-encode
-    return hit
+        aligner.detector  # noqa: B018 - load now so that a broken file fails at load time, not mid-encode
+    return aligner

@@ -1,39 +1,28 @@
-"""insightface antelopev2: face detection (SCRFD) and the ArcFace identity embedding (spec §a.1).
-
-``load_face_analyzer(folder)`` takes the folder holding the antelopev2 ``*.onnx`` files (flat) and
-returns a ``FaceAnalyzer``. ``detect(bgr)`` gives every face with its bbox, 5 landmarks and the RAW
-512-d embedding (official uses ``face['embedding']``, not ``normed_embedding``); ``choose_face`` applies
-the face rule; ``embed_aligned`` is the official fallback (glintr100 on the 512 facexlib crop).
-"""
+"""insightface antelopev2: face detection (SCRFD) and the raw ArcFace embedding (the official code uses
+``face['embedding']``, not ``normed_embedding``); ``embed_aligned`` is its fallback on the facexlib crop."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
 import os
-import threading
 import warnings
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FaceNotFoundError, ModelFilesError, require
+from .errors import FaceNotFoundError, ModelFilesError, require, shared
 
 log = logging.getLogger(__name__)
 
-DET_SIZE = (640, 640)  # app.prepare(ctx_id=0, det_size=(640, 640)) (pipeline_flux.py:74)
+DET_SIZE = (640, 640)  # official PuLIDPipeline.__init__: app.prepare(ctx_id=0, det_size=(640, 640))
 DET_THRESH = 0.5  # insightface prepare() default used by the official call
 ANTELOPEV2_DETECTOR = "scrfd_10g_bnkps.onnx"
 ANTELOPEV2_RECOGNIZER = "glintr100.onnx"
-ANTELOPEV2_FILES = ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx", ANTELOPEV2_RECOGNIZER, ANTELOPEV2_DETECTOR)
-ANTELOPEV2_SOURCE = "https://huggingface.co/DIAMONIK7777/antelopev2 (insightface model zoo 'antelopev2')"
 # Only these two are used by PuLID; the landmark / gender-age models of the pack are not loaded.
 USED_TASKS = ["detection", "recognition"]
 FACE_RULES = ("largest", "left_to_right")
 
-_cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_lock = threading.Lock()
 _logged_providers = False
 
 
@@ -50,13 +39,9 @@ class DetectedFace:
 
 
 def choose_face(faces: list[DetectedFace], rule: str = "largest", index: int = 0) -> int:
-    """Index into ``faces`` of the face to use.
-
-    ``largest``: by bbox area, largest first; index 0 is the official ``sorted(..., key=area)[-1]``
-    (ties: the last of the tied faces in detection order). ``left_to_right``: by bbox left edge.
-    """
-    if not faces:
-        raise ValueError("choose_face() needs at least one face")
+    """Index into ``faces`` of the face to use. ``largest``: by bbox area, largest first; index 0 is the official
+    ``sorted(..., key=area)[-1]`` (ties: the last of the tied faces in detection order). ``left_to_right``: by
+    bbox left edge."""
     if rule == "largest":
         order = list(reversed(sorted(range(len(faces)), key=lambda i: faces[i].area)))
     elif rule == "left_to_right":
@@ -72,95 +57,56 @@ def onnx_providers() -> list[str]:
     """CUDA when this onnxruntime build offers it, else CPU; logged once, with a warning for broken installs."""
     global _logged_providers
     ort = require("onnxruntime")
-    available = list(ort.get_available_providers())
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        providers.insert(0, "CUDAExecutionProvider")
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    providers = ["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"]
     if not _logged_providers:
         _logged_providers = True
-        log.info("PuLID: insightface runs with onnxruntime %s providers %s", getattr(ort, "__version__", "?"), providers)
-        dists = []
-        for name in ("onnxruntime", "onnxruntime-gpu"):
-            try:
-                importlib.metadata.distribution(name)
-                dists.append(name)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        if len(dists) == 2:
-            log.warning(
-                "PuLID: both onnxruntime and onnxruntime-gpu are installed; they overwrite each other and the CPU "
-                "build usually wins. Fix: python -m pip uninstall -y onnxruntime onnxruntime-gpu, then "
-                "python -m pip install onnxruntime-gpu (see the README for the CUDA 12 / 13 versions)"
-            )
-        if "CUDAExecutionProvider" not in available and _cuda_available():
-            log.info("PuLID: a CUDA GPU is present but onnxruntime has no CUDA provider; face detection runs on the CPU")
+        log.info("PuLID-Flux: insightface runs with onnxruntime %s providers %s", getattr(ort, "__version__", "?"),
+                 providers)
+        if all(_installed(name) for name in ("onnxruntime", "onnxruntime-gpu")):
+            log.warning("PuLID-Flux: both onnxruntime and onnxruntime-gpu are installed; they overwrite each other and "
+                        "the CPU build usually wins. Fix: python -m pip uninstall -y onnxruntime onnxruntime-gpu, then "
+                        "python -m pip install onnxruntime-gpu (see the README for the CUDA 12 / 13 versions)")
     return providers
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def check_antelopev2_folder(folder: str | os.PathLike) -> str:
-    """The folder, if it holds the antelopev2 detector and recognizer flat; else a ModelFilesError."""
+    """The folder, if it holds .onnx files flat; else a ModelFilesError saying what is wrong."""
     folder = os.path.abspath(os.fspath(folder))
     if not os.path.isdir(folder):
-        raise ModelFilesError(
-            f"insightface folder {folder!r} does not exist: create it and put the antelopev2 files "
-            f"{', '.join(ANTELOPEV2_FILES)} directly in it (from {ANTELOPEV2_SOURCE})"
-        )
+        raise ModelFilesError(f"insightface folder {folder!r} does not exist: create it and put {ANTELOPEV2_DETECTOR} "
+                              f"and {ANTELOPEV2_RECOGNIZER} directly in it")
     names = sorted(os.listdir(folder))
-    onnx = [n for n in names if n.endswith(".onnx")]
-    if not onnx:
+    if not any(n.endswith(".onnx") for n in names):
         nested = [n for n in names if os.path.isdir(os.path.join(folder, n))
                   and any(f.endswith(".onnx") for f in os.listdir(os.path.join(folder, n)))]
         hint = (f" It has a nested folder {os.path.join(folder, nested[0])!r} with .onnx files: move them up one "
                 "level (the zip was extracted one folder too deep).") if nested else ""
-        raise ModelFilesError(
-            f"insightface folder {folder!r} holds no .onnx file; expected {', '.join(ANTELOPEV2_FILES)} "
-            f"(at least {ANTELOPEV2_DETECTOR} and {ANTELOPEV2_RECOGNIZER}) from {ANTELOPEV2_SOURCE}.{hint}"
-        )
+        raise ModelFilesError(f"insightface folder {folder!r} holds no .onnx file; expected {ANTELOPEV2_DETECTOR} "
+                              f"and {ANTELOPEV2_RECOGNIZER}.{hint}")
     return folder
 
 
 class FaceAnalyzer:
     """A prepared insightface FaceAnalysis (detector + ArcFace). Build with ``load_face_analyzer``."""
 
-    def __init__(self, app, folder: str, providers: list[str], det_size: tuple[int, int] = DET_SIZE):
+    def __init__(self, app):
         self.app = app
-        self.folder = folder
-        self.providers = providers
-        self.det_size = tuple(det_size)
         self.recognizer = app.models["recognition"]  # glintr100: the official handler_ante for the fallback
 
-    def _prepare(self, det_size) -> None:
-        self.app.prepare(ctx_id=0, det_thresh=DET_THRESH, det_size=tuple(det_size))
-
-    def detect(self, bgr: np.ndarray, det_sizes: tuple | list | None = None) -> list[DetectedFace]:
-        """All faces in a BGR uint8 image, in detection order (each with its raw embedding).
-
-        ``det_sizes``: an optional ladder of extra detector input sizes tried in order when the default
-        640x640 finds nothing (small or very large faces). Off by default = official.
-        """
-        sizes = [self.det_size] + [tuple(s) for s in (det_sizes or ()) if tuple(s) != self.det_size]
-        faces, changed = [], False
-        try:
-            for size in sizes:
-                if size != self.det_size:
-                    self._prepare(size)
-                    changed = True
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # scikit-image 0.26 'estimate' in norm_crop
-                    faces = self.app.get(bgr)
-                if faces:
-                    if size != self.det_size:
-                        log.info("PuLID: face found with detection size %s", size)
-                    break
-        finally:
-            if changed:
-                self._prepare(self.det_size)
+    def detect(self, bgr: np.ndarray) -> list[DetectedFace]:
+        """All faces in a BGR uint8 image, in detection order (each with its raw embedding)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # scikit-image 0.26 'estimate' in norm_crop
+            faces = self.app.get(bgr)
         out = []
         for f in faces:
             kps = None if getattr(f, "kps", None) is None else np.asarray(f.kps, np.float32).reshape(5, 2)
@@ -173,47 +119,34 @@ class FaceAnalyzer:
         return np.asarray(self.recognizer.get_feat(aligned_bgr), np.float32).reshape(-1)  # (512,) raw
 
 
-def load_face_analyzer(
-    folder: str | os.PathLike, *, providers: list[str] | None = None, det_size: tuple[int, int] = DET_SIZE
-) -> FaceAnalyzer:
-    """insightface FaceAnalysis on the antelopev2 files in ``folder`` (never downloads).
-
-    Shared while alive: a second call for the same folder returns the same object; once the caller
-    drops it, it is released.
-    """
+def load_face_analyzer(folder: str | os.PathLike, *, providers: list[str] | None = None) -> FaceAnalyzer:
+    """insightface FaceAnalysis on the antelopev2 files in ``folder`` (never downloads); shared while alive."""
     folder = check_antelopev2_folder(folder)
     providers = list(providers) if providers else onnx_providers()
-    key = (os.path.realpath(folder), tuple(providers), tuple(det_size))
-    with _lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            return hit
-        insightface_app = require("insightface.app", "insightface")
-        try:
-            app = insightface_app.FaceAnalysis(name=folder, root=folder, allowed_modules=USED_TASKS, providers=providers)
-        except AssertionError as e:  # insightface asserts 'detection' in models, without a message
-            raise ModelFilesError(
-                f"insightface found no face detector in {folder!r} (files: {sorted(os.listdir(folder))}); expected "
-                f"{ANTELOPEV2_DETECTOR} and {ANTELOPEV2_RECOGNIZER} from {ANTELOPEV2_SOURCE}"
-            ) from e
-        if "recognition" not in app.models:
-            raise ModelFilesError(
-                f"insightface found no recognition model in {folder!r} (files: {sorted(os.listdir(folder))}); "
-                f"expected {ANTELOPEV2_RECOGNIZER} from {ANTELOPEV2_SOURCE}"
-            )
-        analyzer = FaceAnalyzer(app, folder, providers, det_size)
-        analyzer._prepare(det_size)
-        used = app.det_model.session.get_providers()
-        if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in used:
-            log.warning("PuLID: onnxruntime could not start CUDA (using %s); check the CUDA / cuDNN versions", used)
-        _cache[key] = analyzer
-        return analyzer
+    return shared(("insightface", os.path.realpath(folder), tuple(providers)), lambda: _load(folder, providers))
+
+
+def _load(folder: str, providers: list[str]) -> FaceAnalyzer:
+    insightface_app = require("insightface.app", "insightface")
+    files = sorted(os.listdir(folder))
+    try:
+        app = insightface_app.FaceAnalysis(name=folder, root=folder, allowed_modules=USED_TASKS, providers=providers)
+    except AssertionError as e:  # insightface asserts 'detection' in models, without a message
+        raise ModelFilesError(f"insightface found no face detector in {folder!r} (files: {files}); expected "
+                              f"{ANTELOPEV2_DETECTOR}") from e
+    if "recognition" not in app.models:
+        raise ModelFilesError(f"insightface found no recognition model in {folder!r} (files: {files}); expected "
+                              f"{ANTELOPEV2_RECOGNIZER}")
+    app.prepare(ctx_id=0, det_thresh=DET_THRESH, det_size=DET_SIZE)
+    used = app.det_model.session.get_providers()
+    if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in used:
+        log.warning("PuLID-Flux: onnxruntime could not start CUDA (using %s); check the CUDA / cuDNN versions", used)
+    return FaceAnalyzer(app)
 
 
 def no_face_error(index: int, tried: str) -> FaceNotFoundError:
     return FaceNotFoundError(
         f"no face found in reference image {index} ({tried}). Use a photo where the face is clearly visible, "
-        "frontal and at least ~100 pixels wide; crop large group or full-body photos around the face; "
-        "or enable the detection-size ladder for very small or very large faces",
+        "frontal and at least ~100 pixels wide; crop large group or full-body photos around the face",
         index,
     )

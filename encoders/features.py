@@ -1,8 +1,5 @@
-"""Pure-tensor steps between the aligned face and the ID encoder (spec §a.3-a.4, §b.3).
-
-These are the functions the golden ``id_pipeline`` test runs on the official stubbed inputs, and the
-same ones ``encode_identity`` runs in production.
-"""
+"""Pure-tensor steps between the aligned face and the ID encoder (official pipeline_flux.py
+PuLIDPipeline.get_id_embedding): background removal, gray face, EVA input, id_cond."""
 
 from __future__ import annotations
 
@@ -10,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# BiSeNet (CelebAMask-HQ order) labels turned white: bg_label = [0, 16, 18, 7, 8, 9, 14, 15]
-# (pipeline_flux.py:165-166). Everything else (skin, brows, eyes, glasses, nose, mouth, lips, hair) is kept.
+# BiSeNet (CelebAMask-HQ order) labels turned white, the official bg_label list. Everything else (skin,
+# brows, eyes, glasses, nose, mouth, lips, hair) is kept.
 BG_LABELS = (
     0,  # background
     16,  # cloth
@@ -22,12 +19,12 @@ BG_LABELS = (
     14,  # neck
     15,  # neck_l (necklace)
 )
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # to_gray (pipeline_flux.py:114-117): ITU-R 601 luma
-# open_clip / eva_clip OPENAI_DATASET_MEAN / STD (eva_clip/constants.py:1-2), the tower's image_mean/std.
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # official to_gray: ITU-R 601 luma
+# the EVA tower's image_mean / image_std (eva_clip constants OPENAI_DATASET_MEAN / STD)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-# torchvision >= 0.17 resize default (and what ComfyUI's torch runs); the official requirements.txt pins
-# torchvision 0.15.2, which behaves as False for tensors (spec §a.4, §10.1). Switchable per call.
+# torchvision >= 0.17's resize default (what ComfyUI's torch runs); the official requirements pin
+# torchvision 0.15.2, which behaves as False for tensors. The Encode node has the switch.
 DEFAULT_ANTIALIAS = True
 
 
@@ -69,12 +66,7 @@ def eva_input(features: torch.Tensor, size: int, antialias: bool = DEFAULT_ANTIA
     return (x - mean) / std
 
 
-def l2_normalize(pooled: torch.Tensor) -> torch.Tensor:
-    """pooled / ||pooled||_2 over the last dim, no eps (pipeline_flux.py:178-179)."""
-    return pooled / torch.norm(pooled, 2, dim=-1, keepdim=True)
-
-
-def assemble_id_cond(ante: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-    """cat[raw ArcFace (N, 512), L2(EVA pooled) (N, 768)] -> id_cond (N, 1280)."""
-    pooled = pooled.to(ante.dtype)
-    return torch.cat([ante, l2_normalize(pooled)], dim=-1)
+def assemble_id_cond(arcface: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """cat[raw ArcFace (N, 512), pooled / ||pooled||_2 (N, 768), no eps] -> id_cond (N, 1280)."""
+    pooled = pooled.to(arcface.dtype)
+    return torch.cat([arcface, pooled / torch.norm(pooled, 2, dim=-1, keepdim=True)], dim=-1)

@@ -6,20 +6,12 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import paths
 from .apply import ApplyPulidFluxID
-from .encode import EncodePulidFluxID
+from .encode import EncodeIdentity
 from .id_io import LoadPulidFluxID, SavePulidFluxID
-from .loaders import EvaClipLoader, FaceAnalysisLoader, FacexlibLoader, PulidFluxModelLoader
+from .loaders import EvaClipLoader, FaceAnalysisLoader, FacexlibLoader, ModelLoader
 
-NODES: list[type[io.ComfyNode]] = [
-    PulidFluxModelLoader,
-    EvaClipLoader,
-    FaceAnalysisLoader,
-    FacexlibLoader,
-    EncodePulidFluxID,
-    ApplyPulidFluxID,
-    SavePulidFluxID,
-    LoadPulidFluxID,
-]
+NODES: list[type[io.ComfyNode]] = [ModelLoader, EvaClipLoader, FaceAnalysisLoader, FacexlibLoader, EncodeIdentity,
+                                   ApplyPulidFluxID, SavePulidFluxID, LoadPulidFluxID]
 
 paths.register()
 

@@ -1,4 +1,4 @@
-"""Encode PuLID-Flux ID: reference IMAGE batch → ID (+ a preview of the aligned, background-removed faces).
+"""Encode PuLID-Flux ID: reference IMAGE batch -> ID (+ a preview of the aligned, background-removed faces).
 
 A node of its own, so ComfyUI's cache skips the face models and the EVA tower when only the Apply node's
 weight or timing changes.
@@ -10,35 +10,32 @@ import logging
 
 import comfy.model_management as mm
 import comfy.utils
+import torch
 from comfy_api.latest import io
 
 from .. import encoders
 from ..pulid.config import FLUX_DEV
 from ..pulid.embedding import IDEmbedding
-from ..pulid.patchers import encoder_patcher
+from . import paths
 from .fusion import FUSIONS, fuse_tokens
 from .types import CATEGORY, EvaClip, FaceAnalysis, Facexlib, Identity, PulidModel
 
-log = logging.getLogger("PuLID-Flux")
-
-FACE_RULES = ["largest", "left_to_right"]
-ALIGN_SOURCES = ["facexlib", "insightface"]
+log = logging.getLogger(__name__)
 
 
-def check_compatible(pulid_model, eva_tower, arcface_dim: int) -> None:
+def check_compatible(encoder, eva: encoders.EvaVisionConfig, arcface_dim: int = FLUX_DEV.arcface_dim) -> None:
     """The EVA tower must produce what this PuLID model's ID encoder was trained on."""
-    enc = pulid_model.pulid_encoder
-    got = (eva_tower.config.width, arcface_dim + eva_tower.config.embed_dim, len(eva_tower.config.tap_blocks))
-    want = (enc.vit_dim, enc.id_in_dim, enc.num_vit_taps)
+    got = (eva.width, arcface_dim + eva.embed_dim, len(eva.tap_blocks))
+    want = (encoder.vit_dim, encoder.id_in_dim, encoder.num_vit_taps)
     if got != want:
         raise ValueError(
-            f"EVA-CLIP tower (width {got[0]}, embed {eva_tower.config.embed_dim}, {got[2]} taps) does not fit the "
-            f"PuLID model's ID encoder (ViT width {want[0]}, id_cond width {want[1]}, {want[2]} taps): load "
-            f"EVA02_CLIP_L_336_psz14_s6B.pt with the PuLID-Flux v0.9.x file"
+            f"EVA-CLIP tower (width {got[0]}, embed {eva.embed_dim}, {got[2]} taps) does not fit the PuLID model's "
+            f"ID encoder (ViT width {want[0]}, id_cond width {want[1]}, {want[2]} taps): load "
+            f"{paths.MODEL_FILES[paths.EVA_CLIP].files[0]} with the PuLID-Flux v0.9.x file"
         )
 
 
-class EncodePulidFluxID(io.ComfyNode):
+class EncodeIdentity(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -54,12 +51,12 @@ class EncodePulidFluxID(io.ComfyNode):
                 Facexlib.Input("facexlib", tooltip="From 'Load facexlib (PuLID-Flux)'."),
                 io.Image.Input("image", tooltip="Reference photo(s) of one person; a batch gives several references "
                                                 "(use Batch Images to combine photos of different sizes)."),
-                io.Combo.Input("face_rule", options=FACE_RULES, default="largest",
+                io.Combo.Input("face_rule", options=list(encoders.FACE_RULES), default="largest",
                                tooltip="Which face to use when a photo shows several: largest (official) or "
                                        "counted left to right."),
                 io.Int.Input("face_index", default=0, min=0, max=64,
                              tooltip="0 = the first face by the rule (the largest, or the leftmost); 1 = the next..."),
-                io.Combo.Input("align_source", options=ALIGN_SOURCES, default="facexlib",
+                io.Combo.Input("align_source", options=list(encoders.ALIGN_SOURCES), default="facexlib",
                                tooltip="Landmarks for the EVA-CLIP crop: facexlib (official; it takes the face "
                                        "nearest the centre) or insightface (the face chosen above, so both "
                                        "encoders always see the same person in a group photo)."),
@@ -80,25 +77,27 @@ class EncodePulidFluxID(io.ComfyNode):
     @classmethod
     def execute(cls, pulid, eva_clip, face_analysis, facexlib, image, face_rule, face_index, align_source,
                 fusion, fusion_weights, antialias) -> io.NodeOutput:
-        pulid_model, tower = pulid.model, eva_clip.model.tower
-        check_compatible(pulid_model, tower, FLUX_DEV.arcface_dim)
-        mm.load_models_gpu([encoder_patcher(pulid), eva_clip])  # the IDFormer only; the CAs stay offloaded
+        encoder = pulid.model.pulid_encoder
+        check_compatible(encoder, eva_clip.tower.config)
+        # the IDFormer and EVA only (the CAs stay offloaded); EVA whole, it is plain torch
+        mm.load_models_gpu([pulid.encoder_patcher, eva_clip.patcher], force_full_load=True)
         bar = comfy.utils.ProgressBar(1)
-
-        def progress(done: int, total: int) -> None:
-            bar.update_absolute(done, total)
-
-        encoder = pulid_model.pulid_encoder
-        result = encoders.encode_identity(
-            image, face_analyzer=face_analysis, aligner=facexlib, eva=tower, id_encoder=encoder,
-            uncond_encoder=encoder.uncond, face_rule=face_rule, face_index=face_index, align_source=align_source,
-            antialias=antialias, device=pulid.load_device, dtype=encoder.latents.dtype, progress=progress)
-        tokens = fuse_tokens(result.tokens, fusion, fusion_weights)  # (1, T, D) or (N, 32, D)
+        try:
+            result = encoders.encode_identity(
+                image, face_analyzer=face_analysis, aligner=facexlib, eva=eva_clip.tower, face_rule=face_rule,
+                face_index=face_index, align_source=align_source, antialias=antialias, progress=bar.update_absolute)
+        except encoders.ModelFilesError as e:
+            raise paths.missing(paths.FACEXLIB, f"{e}: turn on load_detector in 'Load facexlib (PuLID-Flux)' or "
+                                                "choose align_source insightface") from e
+        device, dtype = pulid.encoder_patcher.load_device, encoder.latents.dtype
+        with torch.no_grad():
+            tokens = encoder(result.id_cond.to(device, dtype), [h.to(device, dtype) for h in result.id_vit_hidden])
+            uncond = encoder.uncond_id(eva_clip.tower.config.num_tokens)
         meta = {**result.meta, "fusion": fusion, "fusion_weights": fusion_weights, "face_rule": face_rule,
                 "face_index": str(face_index), "align_source": align_source}
-        identity = IDEmbedding(tokens=tokens.float().cpu(), uncond=result.uncond, meta=meta)
+        identity = IDEmbedding(tokens=fuse_tokens(tokens.float().cpu(), fusion, fusion_weights),
+                               uncond=uncond.float().cpu(), meta=meta)
         for info in result.info:
             log.info("PuLID-Flux: reference %d: %d face(s), used %s%s", info.index, info.num_faces,
                      info.face_index, " (ArcFace fallback on the aligned crop)" if info.used_fallback else "")
-        faces = result.faces.to(mm.intermediate_device())  # (N, 512, 512, 3)
-        return io.NodeOutput(identity, faces)
+        return io.NodeOutput(identity, result.faces.to(mm.intermediate_device()))

@@ -1,35 +1,36 @@
 """Loader nodes: PuLID-Flux model, EVA-CLIP tower, insightface antelopev2, facexlib.
 
-Torch weights are wrapped in a ``ModelPatcher`` so ComfyUI's memory manager loads and offloads them;
-nothing is ever downloaded: a missing file raises an error naming the folder, the file and its source.
+Torch weights get ComfyUI ModelPatchers so its memory manager loads and offloads them. Nothing is ever
+downloaded: a missing file is an error naming the folder, the file and its source (paths.MODEL_FILES).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
-import folder_paths
+import comfy.utils
 import torch
 from comfy_api.latest import io
 
 from .. import encoders
-from ..pulid.checkpoint import load_pulid_file
+from ..pulid.model import PulidFlux, PulidFluxModel
 from . import paths
 from .types import CATEGORY_LOADERS, EvaClip, FaceAnalysis, Facexlib, PulidModel
 
-log = logging.getLogger("PuLID-Flux")
+log = logging.getLogger(__name__)
 
 PROVIDERS = ["auto", "CPU", "CUDA", "ROCM", "CoreML"]  # onnxruntime execution providers offered for insightface
-DEFAULT_PULID = "pulid_flux_v0.9.1.safetensors"
-DEFAULT_EVA = "EVA02_CLIP_L_336_psz14_s6B.pt"
 
 
-def weights_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the device supports it (the official dtype), else fp32 (e.g. on the CPU)."""
-    return mm.unet_dtype(device, supported_dtypes=[torch.bfloat16, torch.float32])
+def side_model_dtype(device: torch.device) -> torch.dtype:
+    """Storage dtype of the PuLID and EVA weights: bf16 where the device computes it (the official dtype),
+    else fp32 (the goldens' dtype; always on the CPU). Never ComfyUI's diffusion-model dtype flags
+    (--fp8_e4m3fn-unet, --fp16-unet, ...): they are for Flux, and fp8 side models break the ID."""
+    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
 
 
 def wrap(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
@@ -37,66 +38,89 @@ def wrap(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
                                             offload_device=mm.unet_offload_device())
 
 
-class TowerHolder(torch.nn.Module):
-    """Gives the EVA tower to a ModelPatcher: the patcher assigns ``model.device`` on load/offload, which
-    the tower exposes as a read-only property (its device follows its weights)."""
+def read_weights(path: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors through ComfyUI's reader (pickles only as weights), with errors a user can act on."""
+    name, size = os.path.basename(path), os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"PuLID-Flux: {name} is empty (0 bytes): the download was interrupted; download it again")
+    try:
+        sd = comfy.utils.load_torch_file(path, safe_load=True)
+    except Exception as e:  # noqa: BLE001 - safetensors and torch.load raise many types
+        kind = "safetensors" if path.lower().endswith(".safetensors") else "weights-only PyTorch"
+        raise ValueError(f"PuLID-Flux: {name} ({size} bytes) could not be read as a {kind} file "
+                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+                         "it is truncated, damaged, of another format, or holds code besides tensors; "
+                         "download it again") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"PuLID-Flux: {name} does not hold a state dict of tensors")
+    return sd
 
-    def __init__(self, tower: torch.nn.Module):
-        super().__init__()
-        self.tower = tower
+
+def load_weights(key: str, name: str, build):
+    """``build(state_dict)`` on the file ``name`` of MODEL_FILES[key]; any error names where to get the file."""
+    path = paths.find_file(key, name)
+    try:
+        return build(read_weights(path))
+    except ValueError as e:
+        raise ValueError(f"{e}. The file to use: {paths.where_to_get(key)}") from e
 
 
-def _with_default(names: list[str], default: str) -> list[str]:
-    return names or [default]
+class EvaClipModel:
+    """What the EVA_CLIP socket carries: the tower and its ModelPatcher, loaded whole (force_full_load):
+    a plain-torch module must not be split across devices."""
+
+    def __init__(self, tower: encoders.EvaVisionTower, name: str):
+        self.tower, self.name, self.patcher = tower, name, wrap(tower)
 
 
-class PulidFluxModelLoader(io.ComfyNode):
+def _file_input(name: str, key: str, what: str) -> io.Combo.Input:
+    entry, options = paths.MODEL_FILES[key], paths.file_names(key)
+    return io.Combo.Input(name, options=options, default=entry.files[0] if entry.files[0] in options else None,
+                          tooltip=f"{what} in {' or '.join(f'models/{k}/' for k in entry.folders)}: "
+                                  f"{entry.files[0]} from {entry.source} ({entry.licence}).")
+
+
+class ModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="PuLIDFluxID_ModelLoader",
-            display_name="Load PuLID-Flux Model",
-            category=CATEGORY_LOADERS,
+            node_id="PuLIDFluxID_ModelLoader", display_name="Load PuLID-Flux Model", category=CATEGORY_LOADERS,
             description="Loads the PuLID-Flux weights (ID encoder + Flux cross-attentions) from models/pulid/.",
-            inputs=[io.Combo.Input("pulid_file", options=_with_default(folder_paths.get_filename_list(paths.PULID),
-                                                                       DEFAULT_PULID),
-                                   tooltip=f"File in models/pulid/: {paths.SOURCES[paths.PULID]}.")],
+            inputs=[_file_input("pulid_file", paths.PULID, "The PuLID-Flux file")],
             outputs=[PulidModel.Output(display_name="PULID")],
         )
 
     @classmethod
     def execute(cls, pulid_file) -> io.NodeOutput:
-        path = folder_paths.get_full_path(paths.PULID, pulid_file)
-        if path is None:
-            raise FileNotFoundError(f"PuLID-Flux file {pulid_file!r} is not in {paths.missing_hint([paths.PULID])}; "
-                                    f"download {paths.SOURCES[paths.PULID]} into that folder")
-        device = mm.get_torch_device()
-        model = load_pulid_file(path, dtype=weights_dtype(device), device=mm.unet_offload_device(),
-                                operations=comfy.ops.manual_cast)
-        log.info("PuLID-Flux: loaded %s (%d cross-attentions, id_dim %d)", pulid_file, model.num_ca, model.id_dim)
-        return io.NodeOutput(wrap(model))
+        dtype = side_model_dtype(mm.get_torch_device())
+        model = load_weights(paths.PULID, pulid_file, lambda sd: PulidFluxModel.from_state_dict(
+            sd, pulid_file, dtype=dtype, device=mm.unet_offload_device(), operations=comfy.ops.manual_cast))
+        log.info("PuLID-Flux: loaded %s (%d cross-attentions, id_dim %d, %s)", pulid_file, model.num_ca,
+                 model.id_dim, dtype)
+        return io.NodeOutput(PulidFlux(model, wrap, pulid_file))
 
 
 class EvaClipLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="PuLIDFluxID_EvaClipLoader",
-            display_name="Load EVA-CLIP (PuLID-Flux)",
-            category=CATEGORY_LOADERS,
-            description="Loads the EVA02-CLIP-L-336 vision tower (official .pt or open_clip safetensors) from "
+            node_id="PuLIDFluxID_EvaClipLoader", display_name="Load EVA-CLIP (PuLID-Flux)", category=CATEGORY_LOADERS,
+            description="Loads the EVA02-CLIP-L-14-336 vision tower (official .pt or open_clip safetensors) from "
                         "models/clip/ or models/clip_vision/; the text tower is dropped.",
-            inputs=[io.Combo.Input("eva_file", options=_with_default(paths.eva_clip_files(), DEFAULT_EVA),
-                                   default=DEFAULT_EVA,
-                                   tooltip=f"File in models/clip/ or models/clip_vision/: {paths.SOURCES['eva_clip']}.")],
+            inputs=[_file_input("eva_file", paths.EVA_CLIP, "The EVA02-CLIP-L-14-336 file")],
             outputs=[EvaClip.Output(display_name="EVA_CLIP")],
         )
 
     @classmethod
     def execute(cls, eva_file) -> io.NodeOutput:
-        path = paths.eva_clip_path(eva_file)
-        tower = encoders.load_eva_clip(path, device=mm.unet_offload_device(), dtype=weights_dtype(mm.get_torch_device()))
-        return io.NodeOutput(wrap(TowerHolder(tower)))
+        dtype = side_model_dtype(mm.get_torch_device())
+
+        def build(sd):
+            tower = encoders.build_eva_clip(sd, eva_file, device=mm.unet_offload_device(), dtype=dtype)
+            encoders.check_pulid_tower(tower.config, eva_file)
+            return tower
+
+        return io.NodeOutput(EvaClipModel(load_weights(paths.EVA_CLIP, eva_file, build), eva_file))
 
 
 def _providers(choice: str) -> list[str] | None:
@@ -110,15 +134,14 @@ class FaceAnalysisLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         packs = list(paths.insightface_pack_dirs())
         return io.Schema(
-            node_id="PuLIDFluxID_FaceAnalysisLoader",
-            display_name="Load InsightFace (PuLID-Flux)",
+            node_id="PuLIDFluxID_FaceAnalysisLoader", display_name="Load InsightFace (PuLID-Flux)",
             category=CATEGORY_LOADERS,
             description="insightface antelopev2 (face detection + ArcFace) from models/insightface/models/antelopev2/.",
             inputs=[
                 io.Combo.Input("model_pack", options=packs if paths.ANTELOPEV2 in packs else [paths.ANTELOPEV2, *packs],
                                default=paths.ANTELOPEV2,
                                tooltip="Folder under models/insightface/models/ holding the .onnx files flat: "
-                                       f"{paths.SOURCES[paths.INSIGHTFACE]}."),
+                                       f"antelopev2 from {paths.MODEL_FILES[paths.INSIGHTFACE].source}."),
                 io.Combo.Input("provider", options=PROVIDERS, default="auto",
                                tooltip="onnxruntime device: auto = CUDA when onnxruntime-gpu offers it, else CPU. "
                                        "It runs once per reference image, so the CPU is fine."),
@@ -129,21 +152,20 @@ class FaceAnalysisLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_pack, provider) -> io.NodeOutput:
         folder = paths.insightface_pack_dirs().get(model_pack)
-        if folder is None:
-            roots = [f"{r}/{paths.INSIGHTFACE_PACKS_SUBDIR}/{model_pack}" for r in paths.folders(paths.INSIGHTFACE)]
-            raise FileNotFoundError(
-                f"insightface pack {model_pack!r} not found: create {roots[0]!r} (or any of {roots[1:]}) and put "
-                f"{paths.SOURCES[paths.INSIGHTFACE]} directly in it")
-        return io.NodeOutput(encoders.load_face_analyzer(folder, providers=_providers(provider)))
+        try:
+            if folder is None:
+                raise encoders.ModelFilesError(f"insightface pack {model_pack!r} is in none of "
+                                               f"{[os.path.dirname(f) for f in paths.folders(paths.INSIGHTFACE)]}")
+            return io.NodeOutput(encoders.load_face_analyzer(folder, providers=_providers(provider)))
+        except encoders.ModelFilesError as e:
+            raise paths.missing(paths.INSIGHTFACE, str(e)) from e
 
 
 class FacexlibLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="PuLIDFluxID_FacexlibLoader",
-            display_name="Load facexlib (PuLID-Flux)",
-            category=CATEGORY_LOADERS,
+            node_id="PuLIDFluxID_FacexlibLoader", display_name="Load facexlib (PuLID-Flux)", category=CATEGORY_LOADERS,
             description="facexlib face alignment (RetinaFace) and parsing (BiSeNet) from models/facexlib/ "
                         "(detection_Resnet50_Final.pth, parsing_bisenet.pth); they run on the CPU.",
             inputs=[io.Boolean.Input("load_detector", default=True,
@@ -158,11 +180,10 @@ class FacexlibLoader(io.ComfyNode):
         errors = []
         for folder in paths.folders(paths.FACEXLIB):
             try:
-                # Offload device (CPU): they run once per reference image, and kept on the GPU while the
-                # node output is cached they would hold VRAM for nothing (ToTheBeginning/PuLID#16).
+                # On the offload device (CPU): they run once per reference image, and kept on the GPU while the
+                # node output is cached they would hold VRAM for nothing.
                 return io.NodeOutput(encoders.load_face_aligner(folder, device=mm.unet_offload_device(),
                                                                 need_detector=load_detector))
             except encoders.ModelFilesError as e:
                 errors.append(str(e))
-        raise FileNotFoundError(f"no usable facexlib folder; put the files in models/facexlib/ ({paths.SOURCES[paths.FACEXLIB]}). "
-                                + " | ".join(errors))
+        raise paths.missing(paths.FACEXLIB, " | ".join(errors))

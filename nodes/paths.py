@@ -1,42 +1,43 @@
-"""Model folders of the pack, registered once through ``folder_paths`` (the only import-time side effect).
+"""Model folders and files of the pack: one table, the folders registered once through ``folder_paths``
+(the only import-time side effect), and the "missing file" errors that read the table.
 
-An ``extra_model_paths.yaml`` is applied before custom nodes are imported, and when it names one of our
-keys ``add_model_folder_path`` has already created that key with an EMPTY extension set (every file
-matches). So we keep every path already registered, add the default ``models/<key>`` after them, and
-reset the extension set (docs/comfyui.md §2).
+An ``extra_model_paths.yaml`` is applied before custom nodes are imported; when it names one of our keys,
+ComfyUI has already created that key with an EMPTY extension set (every file matches). So ``register``
+keeps every path already there, adds the default ``models/<key>`` after them, and resets the extensions.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import folder_paths
 
-PULID = "pulid"  # models/pulid/pulid_flux_v0.9.1.safetensors
-INSIGHTFACE = "insightface"  # models/insightface/models/antelopev2/*.onnx
-FACEXLIB = "facexlib"  # models/facexlib/{detection_Resnet50_Final,parsing_bisenet}.pth
-EVA_FOLDERS = ("clip_vision", "text_encoders")  # models/clip_vision/ and models/clip/ (= text_encoders)
-ID_SUBFOLDER = "pulid_ids"  # saved identities: output/pulid_ids/*.safetensors (also read from input/)
 
-INSIGHTFACE_PACKS_SUBDIR = "models"  # insightface's FaceAnalysis(root=R) reads R/models/<pack>/
+@dataclass(frozen=True)
+class ModelFiles:
+    files: tuple[str, ...]  # the files the pack reads (the first one is the default choice)
+    folders: tuple[str, ...]  # folder_paths keys searched, in order
+    subfolder: str  # below each folder
+    source: str
+    licence: str
+
+
+PULID, EVA_CLIP, INSIGHTFACE, FACEXLIB = "pulid", "eva_clip", "insightface", "facexlib"
 ANTELOPEV2 = "antelopev2"
-
-_EXTENSIONS = {
-    PULID: set(folder_paths.supported_pt_extensions),
-    INSIGHTFACE: {".onnx"},
-    FACEXLIB: {".pth"},
+MODEL_FILES = {
+    PULID: ModelFiles(("pulid_flux_v0.9.1.safetensors",), (PULID,), "", "https://huggingface.co/guozinan/PuLID",
+                      "Apache-2.0"),
+    EVA_CLIP: ModelFiles(("EVA02_CLIP_L_336_psz14_s6B.pt",), ("clip_vision", "text_encoders"), "",
+                         "https://huggingface.co/QuanSun/EVA-CLIP", "MIT"),
+    INSIGHTFACE: ModelFiles(("scrfd_10g_bnkps.onnx", "glintr100.onnx"), (INSIGHTFACE,), f"models/{ANTELOPEV2}",
+                            "https://huggingface.co/DIAMONIK7777/antelopev2",
+                            "insightface model zoo: non-commercial research only"),
+    FACEXLIB: ModelFiles(("parsing_bisenet.pth", "detection_Resnet50_Final.pth"), (FACEXLIB,), "",
+                         "https://github.com/xinntao/facexlib/releases", "MIT"),
 }
-
-# Where each model comes from (also the README's model table). Error messages quote these.
-SOURCES = {
-    PULID: "pulid_flux_v0.9.1.safetensors from https://huggingface.co/guozinan/PuLID (Apache-2.0)",
-    "eva_clip": "EVA02_CLIP_L_336_psz14_s6B.pt from https://huggingface.co/QuanSun/EVA-CLIP (MIT)",
-    INSIGHTFACE: "the antelopev2 pack (1k3d68.onnx, 2d106det.onnx, genderage.onnx, glintr100.onnx, "
-                 "scrfd_10g_bnkps.onnx) from https://huggingface.co/DIAMONIK7777/antelopev2 (insightface model "
-                 "zoo, non-commercial research use)",
-    FACEXLIB: "detection_Resnet50_Final.pth (v0.1.0) and parsing_bisenet.pth (v0.2.0) from "
-              "https://github.com/xinntao/facexlib/releases (MIT)",
-}
+_EXTENSIONS = {PULID: set(folder_paths.supported_pt_extensions), INSIGHTFACE: {".onnx"}, FACEXLIB: {".pth"}}
+ID_SUBFOLDER = "pulid_ids"  # saved identities: output/pulid_ids/*.safetensors (also read from input/)
 
 
 def register() -> None:
@@ -49,42 +50,47 @@ def register() -> None:
 
 
 def folders(key: str) -> list[str]:
-    return list(folder_paths.get_folder_paths(key))
+    """Every folder searched for the files of MODEL_FILES[key]."""
+    entry = MODEL_FILES[key]
+    return [os.path.join(p, entry.subfolder) if entry.subfolder else p
+            for k in entry.folders for p in folder_paths.get_folder_paths(k)]
+
+
+def where_to_get(key: str) -> str:
+    e = MODEL_FILES[key]
+    return f"put {' and '.join(e.files)} ({e.source}, licence: {e.licence}) into {folders(key)[0]}"
+
+
+def missing(key: str, what: str) -> FileNotFoundError:
+    return FileNotFoundError(f"PuLID-Flux: {what}; {where_to_get(key)}")
+
+
+def file_names(key: str) -> list[str]:
+    """Files of a key's folders for a loader's list; the default name when there are none."""
+    names: list[str] = []
+    for k in MODEL_FILES[key].folders:
+        names += [n for n in folder_paths.get_filename_list(k) if n not in names]
+    return names or [MODEL_FILES[key].files[0]]
+
+
+def find_file(key: str, name: str) -> str:
+    for k in MODEL_FILES[key].folders:
+        path = folder_paths.get_full_path(k, name)
+        if path:
+            return path
+    raise missing(key, f"{name!r} is in none of {folders(key)}")
 
 
 def insightface_pack_dirs() -> dict[str, str]:
     """{pack name: folder} for every ``<insightface path>/models/<pack>/`` holding .onnx files (first wins)."""
     found: dict[str, str] = {}
-    for root in folders(INSIGHTFACE):
-        packs = os.path.join(root, INSIGHTFACE_PACKS_SUBDIR)
-        if not os.path.isdir(packs):
-            continue
-        for name in sorted(os.listdir(packs)):
+    for root in folder_paths.get_folder_paths(INSIGHTFACE):
+        packs = os.path.join(root, "models")  # insightface's FaceAnalysis(root=R) reads R/models/<pack>/
+        for name in sorted(os.listdir(packs)) if os.path.isdir(packs) else []:
             d = os.path.join(packs, name)
             if name not in found and os.path.isdir(d) and any(f.endswith(".onnx") for f in os.listdir(d)):
                 found[name] = d
     return found
-
-
-def eva_clip_files() -> list[str]:
-    names: list[str] = []
-    for key in EVA_FOLDERS:
-        names += [n for n in folder_paths.get_filename_list(key) if n not in names]
-    return names
-
-
-def eva_clip_path(name: str) -> str:
-    for key in EVA_FOLDERS:
-        path = folder_paths.get_full_path(key, name)
-        if path:
-            return path
-    raise FileNotFoundError(
-        f"EVA-CLIP file {name!r} is in none of {missing_hint(EVA_FOLDERS)}; put {SOURCES['eva_clip']} there"
-    )
-
-
-def missing_hint(keys) -> str:
-    return ", ".join(p for k in keys for p in folders(k))
 
 
 def id_dirs() -> list[tuple[str, str]]:

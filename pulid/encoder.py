@@ -1,9 +1,8 @@
-"""IDFormer: ArcFace + EVA-CLIP features -> 32 ID tokens (encoders_transformer.py:122-209).
+"""IDFormer: ArcFace + EVA-CLIP features -> 32 ID tokens (official pulid/encoders_transformer.py IDFormer).
 
-The official class hard-codes the widths of its input MLPs (1280 in, 1024 ViT, 1024 hidden). They
-are constructor arguments here (`id_in_dim`, `vit_dim`, `mapping_hidden`) so that the same module
-loads the official checkpoint and the small golden/test ones; the layer layout (and so every
-state-dict key) is unchanged.
+The official class hard-codes the widths of its input MLPs; here they are constructor arguments
+(`id_in_dim`, `vit_dim`, `mapping_hidden`) so that the same module loads the official checkpoint and small
+test ones. The layer layout, and so every state-dict key, is the official one.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ def _mapping(ops, d_in: int, hidden: int, d_out: int, device, dtype) -> nn.Seque
 
 
 def _feed_forward(ops, dim: int, mult: int, device, dtype) -> nn.Sequential:
-    # LayerNorm, Linear, GELU (exact erf), Linear: keys .0 .1 .3 (encoders_transformer.py:8-15)
+    # LayerNorm, Linear, GELU (exact erf), Linear: keys .0 .1 .3 (official FeedForward)
     return nn.Sequential(
         ops.LayerNorm(dim, device=device, dtype=dtype),
         ops.Linear(dim, dim * mult, bias=False, device=device, dtype=dtype),
@@ -40,9 +39,8 @@ def _feed_forward(ops, dim: int, mult: int, device, dtype) -> nn.Sequential:
 
 
 class IDFormer(nn.Module):
-    def __init__(self, dim: int = 1024, depth: int = 10, dim_head: int = 64, heads: int = 16, num_id_token: int = 5,
-                 num_queries: int = 32, output_dim: int = 2048, ff_mult: int = 4, id_in_dim: int = 1280,
-                 vit_dim: int = 1024, mapping_hidden: int = 1024, num_vit_taps: int = 5,
+    def __init__(self, dim: int, depth: int, dim_head: int, heads: int, num_id_token: int, num_queries: int,
+                 output_dim: int, ff_mult: int, id_in_dim: int, vit_dim: int, mapping_hidden: int, num_vit_taps: int,
                  operations=None, device=None, dtype=None):
         super().__init__()
         if depth % num_vit_taps:
@@ -66,7 +64,7 @@ class IDFormer(nn.Module):
             self.add_module(f"mapping_{i}", _mapping(ops, vit_dim, mapping_hidden, dim, device, dtype))
         self.id_embedding_mapping = _mapping(ops, id_in_dim, mapping_hidden, dim * num_id_token, device, dtype)
         if self.latents.device.type != "meta":
-            # Official init (encoders_transformer.py:150-151); real weights always overwrite it.
+            # the official init; real weights always overwrite it
             nn.init.normal_(self.latents, std=dim**-0.5)
             nn.init.normal_(self.proj_out, std=dim**-0.5)
 
@@ -87,8 +85,8 @@ class IDFormer(nn.Module):
                 latents = ff(latents) + latents
         return latents[:, :self.num_queries] @ self.proj_out.to(latents)  # (B, 32, output_dim)
 
-    def uncond(self, num_vit_tokens: int, batch: int = 1) -> Tensor:
-        """The official uncond ID for true CFG: this encoder run on zeros (pipeline_flux.py:188-192).
+    def uncond_id(self, num_vit_tokens: int, batch: int = 1) -> Tensor:
+        """The official uncond ID for true CFG: this encoder run on zeros (pipeline_flux.py get_id_embedding).
 
         Not a zero embedding: biases, LayerNorms and the latents make it non-zero. It depends on
         the number of ViT tokens (577 for EVA02-L-336), since the zero tokens share the softmax.

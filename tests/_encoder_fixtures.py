@@ -16,9 +16,9 @@ from _tiny_faces import (  # noqa: E402
     make_tiny_eva_checkpoint,
     make_tiny_facexlib,
 )
+from _writers import load_eva  # noqa: E402
 
-from comfyui_pulid_flux.encoders import load_eva_clip, load_face_aligner, load_face_analyzer  # noqa: E402
-from comfyui_pulid_flux.pulid.encoder import IDFormer  # noqa: E402
+from comfyui_pulid_flux.encoders import load_face_aligner, load_face_analyzer  # noqa: E402
 
 ARCFACE_DIM = 512
 
@@ -33,15 +33,10 @@ class Models:
         self.aligner.detector.detect_faces = blob_detections
         # BiSeNet takes ~1.5 s per crop on 2 CPU cores: run it for real once per distinct crop.
         self.aligner.parse = _memo_parse(self.aligner.parse)
-        self.eva = load_eva_clip(cached("eva_official.pt", make_tiny_eva_checkpoint))
-        torch.manual_seed(0)
-        self.idformer = IDFormer(dim=32, depth=5, dim_head=8, heads=4, num_id_token=5, num_queries=32, output_dim=24,
-                                 id_in_dim=ARCFACE_DIM + self.eva.config.embed_dim, vit_dim=self.eva.config.width,
-                                 mapping_hidden=32).eval()
+        self.eva = load_eva(cached("eva_official.pt", make_tiny_eva_checkpoint))
 
     def kwargs(self, **kw):
-        base = dict(face_analyzer=self.analyzer, aligner=self.aligner, eva=self.eva, id_encoder=self.idformer,
-                    uncond_encoder=lambda n: self.idformer.uncond(n))
+        base = dict(face_analyzer=self.analyzer, aligner=self.aligner, eva=self.eva)
         base.update(kw)
         return base
 

@@ -36,7 +36,7 @@ FACEXLIB_FILES = {
     "parsing_bisenet.pth": ("facexlib.parsing.bisenet", "BiSeNet", dict(num_class=19)),
     "parsing_parsenet.pth": ("facexlib.parsing.parsenet", "ParseNet", dict(in_size=512, out_size=512, parsing_ch=19)),
 }
-_VERSION = "1"  # bump when a builder changes (invalidates the cache)
+_VERSION = "2"  # bump when a builder changes (invalidates the cache)
 
 
 def tiny_cache_dir() -> str:
@@ -153,11 +153,12 @@ def make_tiny_facexlib(directory: str, *, with_parsenet: bool = False, seed: int
 
 
 def tiny_eva_config():
-    """A 24-block EVA02 tower (the PuLID taps need 24 blocks) that loads without metadata: width 64 = 1 head."""
-    from comfyui_pulid_flux.encoders.eva_clip import EvaVisionConfig
+    """A narrow EVA02 tower with the geometry the loader demands (336 px, patch 14, 24 blocks, so 577 tokens)
+    whose heads its shapes tell: width 64 = 1 head of 64."""
+    from comfyui_pulid_flux.encoders.eva_clip import EVA02_CLIP_L_336, EvaVisionConfig
 
-    return EvaVisionConfig(image_size=56, patch_size=14, width=64, depth=24, num_heads=1, mlp_hidden=170,
-                           embed_dim=32, rope_ref_grid=16)
+    return EvaVisionConfig(image_size=EVA02_CLIP_L_336.image_size, patch_size=EVA02_CLIP_L_336.patch_size, width=64,
+                           depth=EVA02_CLIP_L_336.depth, num_heads=1, mlp_hidden=170, embed_dim=32)
 
 
 def make_tiny_eva_checkpoint(path: str, *, layout: str = "official", config=None, seed: int = 0, dtype=None) -> str:
@@ -166,8 +167,9 @@ def make_tiny_eva_checkpoint(path: str, *, layout: str = "official", config=None
     Biases and LayerNorm affines are randomised too, so a key-mapping mistake changes the output.
     """
     import torch
+    from _writers import save_eva_checkpoint
 
-    from comfyui_pulid_flux.encoders.eva_clip import EvaVisionTower, save_eva_checkpoint
+    from comfyui_pulid_flux.encoders.eva_clip import EvaVisionTower
 
     torch.manual_seed(seed)
     tower = EvaVisionTower(config or tiny_eva_config())

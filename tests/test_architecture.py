@@ -1,4 +1,4 @@
-"""The layout rules of the pack, checked on the source (docs/style.md §3-4, comfyui-newer.md tests 6).
+"""The layout rules of the pack, checked on the source (docs/design.md, "Layers").
 
 * imports flow nodes -> pulid, encoders; never back; pack-internal imports are relative
   (ComfyUI imports the pack under its folder name and has a top-level `nodes` module of its own);

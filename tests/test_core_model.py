@@ -1,4 +1,4 @@
-"""Config, the full-size architecture, and checkpoint loading with its error messages."""
+"""Config, the full-size architecture, checkpoint loading with its error messages, and the loader's file reader."""
 
 from __future__ import annotations
 
@@ -8,23 +8,18 @@ import pickle
 
 import pytest
 import torch
-from conftest import GOLDEN_DIR, import_pack
+from conftest import GOLDEN_DIR, import_pack, setup_comfyui
 
 import_pack()
-from comfyui_pulid_flux.pulid import (  # noqa: E402
-    FLUX_DEV,
-    PulidCheckpointError,
-    PulidFluxConfig,
-    PulidFluxModel,
-    ca_layout,
-    load_pulid_file,
-    save_pulid_file,
-)
-from comfyui_pulid_flux.pulid.checkpoint import read_state_dict  # noqa: E402
+from _writers import load_pulid, save_pulid_file  # noqa: E402
 
-TINY = PulidFluxConfig(flux_double_blocks=3, flux_single_blocks=5, flux_hidden=64, ca_dim_head=16, ca_heads=2,
-                       id_dim=32, encoder_dim=32, encoder_dim_head=8, encoder_heads=4, num_id_queries=32,
-                       mapping_hidden=24, arcface_dim=16, clip_embed_dim=8, vit_width=12)
+from comfyui_pulid_flux.pulid.config import FLUX_DEV, PulidFluxConfig, ca_layout  # noqa: E402
+from comfyui_pulid_flux.pulid.model import PulidCheckpointError, PulidFluxModel  # noqa: E402
+
+# Narrow, with the official head widths (what a state dict cannot tell; the loader assumes them).
+TINY = PulidFluxConfig(flux_double_blocks=3, flux_single_blocks=5, flux_hidden=64, ca_heads=1, id_dim=32,
+                       encoder_dim=32, encoder_heads=1, num_id_queries=32, mapping_hidden=24, arcface_dim=16,
+                       clip_embed_dim=8, vit_width=12)
 
 
 def test_flux_dev_layout_is_official():
@@ -75,90 +70,105 @@ def test_tiny_checkpoint_roundtrip(tmp_path, dtype):
     model = _tiny_model(dtype)
     path = tmp_path / "pulid_tiny.safetensors"
     save_pulid_file(model, path)
-    loaded = load_pulid_file(path)
+    loaded = load_pulid(path)
     assert loaded.num_ca == TINY.num_ca and loaded.id_dim == TINY.id_dim and loaded.hidden_size == TINY.flux_hidden
     assert loaded.encoder_args == model.encoder_args and loaded.ca_args == model.ca_args
     for k, v in model.state_dict().items():
         assert loaded.state_dict()[k].dtype == dtype
         assert torch.equal(loaded.state_dict()[k], v), k
     assert not any(p.requires_grad for p in loaded.parameters())
-    as_f32 = load_pulid_file(path, dtype=torch.float32)
+    as_f32 = load_pulid(path, dtype=torch.float32)
     assert all(p.dtype == torch.float32 for p in as_f32.parameters())
-
-
-def test_pickle_checkpoint_loads_weights_only(tmp_path):
-    model = _tiny_model()
-    path = tmp_path / "pulid_tiny.pt"
-    torch.save(model.state_dict(), path)
-    from comfyui_pulid_flux.pulid.model import UNSHAPED_KEYS
-
-    loaded = PulidFluxModel.from_state_dict(read_state_dict(path)[0], source=path.name,
-                                            config_overrides={k: model.spec()[k] for k in UNSHAPED_KEYS})
-    assert torch.equal(loaded.pulid_ca[0].to_q.weight, model.pulid_ca[0].to_q.weight)
 
 
 def _write(tmp_path, sd, name="bad.safetensors"):
     from safetensors.torch import save_file
 
     path = tmp_path / name
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(path),
-              metadata={"pulid_flux_config": json.dumps(_tiny_model().spec())})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return path
 
 
 def test_missing_key_is_named(tmp_path):
     sd = _tiny_model().state_dict()
     del sd["pulid_ca.1.to_out.weight"]
-    with pytest.raises(PulidCheckpointError, match=r"missing.*pulid_ca\.1\.to_out\.weight"):
-        load_pulid_file(_write(tmp_path, sd))
+    with pytest.raises(PulidCheckpointError, match=r"bad.safetensors .*Missing key.*pulid_ca\.1\.to_out\.weight"):
+        load_pulid(_write(tmp_path, sd))
 
 
 def test_unexpected_key_is_named(tmp_path):
     sd = _tiny_model().state_dict()
     sd["pulid_ca.0.extra.weight"] = torch.zeros(2)
-    with pytest.raises(PulidCheckpointError, match=r"unexpected.*pulid_ca\.0\.extra\.weight"):
-        load_pulid_file(_write(tmp_path, sd))
+    with pytest.raises(PulidCheckpointError, match=r"Unexpected key.*pulid_ca\.0\.extra\.weight"):
+        load_pulid(_write(tmp_path, sd))
 
 
 def test_foreign_prefix_is_named(tmp_path):
     sd = _tiny_model().state_dict()
     sd["double_blocks.0.img_attn.qkv.weight"] = torch.zeros(2)
     with pytest.raises(PulidCheckpointError, match=r"unexpected keys outside.*double_blocks"):
-        load_pulid_file(_write(tmp_path, sd))
+        load_pulid(_write(tmp_path, sd))
 
 
 def test_wrong_shape_is_named(tmp_path):
     sd = _tiny_model().state_dict()
     sd["pulid_ca.2.to_kv.weight"] = sd["pulid_ca.2.to_kv.weight"][:, :-1].clone()
-    with pytest.raises(PulidCheckpointError, match=r"mis-shaped.*pulid_ca\.2\.to_kv\.weight"):
-        load_pulid_file(_write(tmp_path, sd))
+    with pytest.raises(PulidCheckpointError, match=r"size mismatch for pulid_ca\.2\.to_kv\.weight"):
+        load_pulid(_write(tmp_path, sd))
 
 
 def test_not_a_pulid_checkpoint(tmp_path):
     path = _write(tmp_path, {"visual.trunk.cls_token": torch.zeros(1, 1, 8)}, "eva.safetensors")
-    with pytest.raises(PulidCheckpointError, match=r"not a PuLID-Flux checkpoint.*visual\.trunk\.cls_token.*guozinan"):
-        load_pulid_file(path)
+    with pytest.raises(PulidCheckpointError, match=r"eva.safetensors is not a PuLID-Flux checkpoint.*visual\.trunk\.cls_token"):
+        load_pulid(path)
 
 
-def test_truncated_file(tmp_path):
-    path = tmp_path / "pulid_tiny.safetensors"
-    save_pulid_file(_tiny_model(), path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(PulidCheckpointError, match=r"truncated.*Download it again"):
-        load_pulid_file(path)
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_file_is_refused(tmp_path, dtype):
+    path = tmp_path / "pulid_fp8.safetensors"
+    save_pulid_file(_tiny_model(), path, dtype=dtype)
+    with pytest.raises(PulidCheckpointError, match=rf"pulid_fp8.safetensors stores its weights in {dtype}.*bf16 release"):
+        load_pulid(path)
 
 
-def test_empty_file(tmp_path):
+# --- the loader's file reader (ComfyUI's load_torch_file, wrapped) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def read_weights():
+    setup_comfyui()
+    from comfyui_pulid_flux.nodes.loaders import read_weights
+
+    return read_weights
+
+
+def test_reader_reads_safetensors_and_weights_only_pickles(tmp_path, read_weights):
+    model = _tiny_model()
+    save_pulid_file(model, tmp_path / "a.safetensors")
+    torch.save(model.state_dict(), tmp_path / "a.pt")
+    for name in ("a.safetensors", "a.pt"):
+        sd = read_weights(str(tmp_path / name))
+        assert sd.keys() == model.state_dict().keys()
+        assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+
+
+def test_reader_errors(tmp_path, read_weights):
     path = tmp_path / "pulid_flux_v0.9.1.safetensors"
     path.write_bytes(b"")
-    with pytest.raises(PulidCheckpointError, match=r"empty \(0 bytes\).*Download it again"):
-        load_pulid_file(path)
-
-
-def test_missing_file(tmp_path):
-    with pytest.raises(PulidCheckpointError, match="does not exist"):
-        load_pulid_file(tmp_path / "nope.safetensors")
+    with pytest.raises(ValueError, match=r"pulid_flux_v0.9.1.safetensors is empty \(0 bytes\).*download it again"):
+        read_weights(str(path))
+    save_pulid_file(_tiny_model(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"could not be read as a safetensors file.*truncated.*download it again"):
+        read_weights(str(path))
+    torch.save(_tiny_model().state_dict(), path)  # a pickle under a .safetensors name
+    with pytest.raises(ValueError, match=r"could not be read as a safetensors file.*of another format"):
+        read_weights(str(path))
+    pt = tmp_path / "pulid.pt"
+    torch.save(_tiny_model().state_dict(), pt)
+    pt.write_bytes(pt.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"could not be read as a weights-only PyTorch file.*truncated"):
+        read_weights(str(pt))
 
 
 class _Evil:
@@ -166,24 +176,10 @@ class _Evil:
         return (print, ("this must never run",))
 
 
-def test_pickle_with_code_is_refused(tmp_path):
+def test_reader_refuses_a_pickle_with_code(tmp_path, read_weights, capsys):
     path = tmp_path / "pulid_evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"pulid_ca.0.to_q.weight": _Evil()}, f)
-    with pytest.raises(PulidCheckpointError, match=r"not loaded for safety.*safetensors"):
-        load_pulid_file(path)
-
-
-def test_pickle_renamed_as_safetensors(tmp_path):
-    path = tmp_path / "pulid.safetensors"
-    torch.save(_tiny_model().state_dict(), path)
-    with pytest.raises(PulidCheckpointError, match=r"pickled PyTorch file"):
-        load_pulid_file(path)
-
-
-def test_truncated_pickle(tmp_path):
-    path = tmp_path / "pulid.pt"
-    torch.save(_tiny_model().state_dict(), path)
-    path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(PulidCheckpointError, match=r"truncated or not a checkpoint"):
-        load_pulid_file(path)
+    with pytest.raises(ValueError, match=r"weights-only PyTorch file.*holds code besides tensors"):
+        read_weights(str(path))
+    assert "this must never run" not in capsys.readouterr().out

@@ -42,40 +42,34 @@ FACE = (320, 224, 32, 220)
 def test_float_image_round_trips_to_the_original_bytes():
     rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     t = torch.from_numpy(rgb).float() / 255.0  # what ComfyUI's LoadImage gives
-    assert np.array_equal(to_rgb_uint8(t), rgb)
-    assert np.array_equal(to_rgb_uint8(t.half()), rgb)
-    assert np.array_equal(to_rgb_uint8(rgb), rgb)
+    assert np.array_equal(to_rgb_uint8(t, 0), rgb)
+    assert np.array_equal(to_rgb_uint8(t.half(), 0), rgb)
 
 
-def test_rgba_is_composited_over_white_and_gray_is_repeated():
+def test_rgba_is_composited_over_white():
     rgb = face_image()
     alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
     alpha[:, :100] = 0  # transparent strip
-    out = to_rgb_uint8(np.concatenate([rgb, alpha], axis=2))
+    out = to_rgb_uint8(torch.from_numpy(np.concatenate([rgb, alpha], axis=2)).float() / 255, 0)
     assert np.all(out[:, :100] == 255) and np.array_equal(out[:, 100:], rgb[:, 100:])
-    gray = rgb[:, :, :1]
-    assert np.array_equal(to_rgb_uint8(torch.from_numpy(gray).float() / 255), np.repeat(gray, 3, axis=2))
-    assert np.array_equal(to_rgb_uint8(gray[:, :, 0]), np.repeat(gray, 3, axis=2))
 
 
-def test_rgba_and_gray_references_encode(models, caplog):
+def test_rgba_reference_encodes_like_rgb(models, caplog):
     rgb = face_image(blobs=(FACE,))
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
     with caplog.at_level(logging.INFO):
-        res_rgba = encode_identity([torch.from_numpy(rgba).float() / 255], **models.kwargs())
+        res_rgba = encode_identity(as_image(rgba), **models.kwargs())
     assert "alpha channel" in caplog.text
     res_rgb = encode_identity(as_image(rgb), **models.kwargs())
     assert torch.equal(res_rgba.id_cond, res_rgb.id_cond)
-    gray = rgb[:, :, :1]  # the blob image is already gray (equal channels)
-    res_gray = encode_identity([torch.from_numpy(gray).float() / 255], **models.kwargs())
-    assert torch.equal(res_gray.id_cond, res_rgb.id_cond)
 
 
-def test_images_of_different_sizes_in_a_list(models):
-    a = face_image(blobs=(FACE,))
-    b = face_image(height=400, width=560, blobs=((256, 192, 32, 240),))
-    res = encode_identity([as_image(a), torch.from_numpy(b).float() / 255], **models.kwargs())
-    assert res.id_cond.shape[0] == 2 and [i.index for i in res.info] == [0, 1]
+@pytest.mark.parametrize("bad", [np.zeros((1, 64, 64, 3), np.float32), [torch.zeros(1, 64, 64, 3)],
+                                 torch.zeros(64, 64, 3), torch.zeros(1, 64, 64, 1), torch.zeros(1, 64, 64, 5),
+                                 torch.zeros(1, 64, 64, 3, dtype=torch.uint8)], ids=str)
+def test_only_comfyui_images_are_accepted(bad):
+    with pytest.raises(ImageInputError, match=r"must be a ComfyUI IMAGE \(batch, height, width, 3\) float tensor"):
+        prepare_images(bad)
 
 
 def test_resize_long_side_is_the_official_one():
@@ -84,7 +78,7 @@ def test_resize_long_side_is_the_official_one():
     img = np.random.default_rng(1).integers(0, 256, (1500, 2001, 3), dtype=np.uint8)
     out = resize_long_side(img)
     k = 1024 / 2001
-    assert out.shape == (int(1500 * k), int(2001 * k), 3)  # int() truncation, pulid/utils.py:72-80
+    assert out.shape == (int(1500 * k), int(2001 * k), 3)  # int() truncation, as the official resize_numpy_image_long
     assert np.array_equal(out, cv2.resize(img, (int(2001 * k), int(1500 * k)), interpolation=cv2.INTER_LANCZOS4))
     small = img[:700, :900]
     assert resize_long_side(small) is small  # never up-scaled
@@ -94,7 +88,7 @@ def test_tiny_image_is_refused():
     with pytest.raises(ImageInputError, match=r"reference image 0 is 1x1 pixels, too small"):
         prepare_images(torch.zeros(1, 1, 1, 3))
     with pytest.raises(ImageInputError, match=r"reference image 0 is 1024x5 after scaling .* aspect ratio is too extreme"):
-        prepare_images(np.zeros((40, 8000, 3), np.uint8))
+        prepare_images(torch.zeros(1, 40, 8000, 3))
 
 
 def test_huge_image_is_scaled_down_and_encodes(models):
@@ -106,16 +100,14 @@ def test_huge_image_is_scaled_down_and_encodes(models):
     assert res.info[0].num_faces >= 1 and not res.info[0].used_fallback
     assert max(res.info[0].bbox) <= 1024 + 200  # bbox in the scaled image's pixels
     with pytest.raises(ImageInputError, match="larger than 16384"):
-        prepare_images(np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (20000, 100, 3)))
+        prepare_images(torch.zeros(1, 1, 1, 3).expand(1, 20000, 100, 3))  # refused before any copy
 
 
-def test_bad_shapes_and_values():
-    with pytest.raises(ImageInputError, match="5 channels"):
-        prepare_images(np.zeros((64, 64, 5), np.uint8))
+def test_bad_values_and_empty_batch():
     with pytest.raises(ImageInputError, match="NaN"):
         prepare_images(torch.full((1, 64, 64, 3), float("nan")))
     with pytest.raises(ImageInputError, match="no reference image"):
-        prepare_images([])
+        prepare_images(torch.zeros(0, 64, 64, 3))
 
 
 # --- faces --------------------------------------------------------------------------------------
@@ -131,8 +123,8 @@ def test_no_face_in_one_of_three_references(models):
 
 def test_batch_where_one_image_fails(models):
     face = as_image(face_image(blobs=(FACE,)))
-    with pytest.raises(ImageInputError, match=r"reference image 2 is 1x1 pixels") as e:
-        encode_identity([face, face, torch.zeros(1, 1, 1, 3)], **models.kwargs())
+    with pytest.raises(ImageInputError, match=r"reference image 2 contains NaN") as e:
+        encode_identity(torch.cat([face, face, torch.full_like(face, float("inf"))]), **models.kwargs())
     assert e.value.index == 2
 
 

@@ -173,8 +173,16 @@ def test_encode_refuses_an_eva_tower_of_another_size(nodes):
     from comfyui_pulid_flux.nodes.encode import check_compatible
 
     enc = SimpleNamespace(vit_dim=1024, id_in_dim=1280, num_vit_taps=5)
-    tower = SimpleNamespace(config=SimpleNamespace(width=64, embed_dim=32, tap_blocks=(4, 8, 12, 16, 20)))
+    eva = SimpleNamespace(width=64, embed_dim=32, tap_blocks=(4, 8, 12, 16, 20))
     with pytest.raises(ValueError, match="EVA02_CLIP_L_336_psz14_s6B.pt"):
-        check_compatible(SimpleNamespace(pulid_encoder=enc), tower, 512)
-    tower.config.width, tower.config.embed_dim = 1024, 768
-    check_compatible(SimpleNamespace(pulid_encoder=enc), tower, 512)
+        check_compatible(enc, eva, 512)
+    eva.width, eva.embed_dim = 1024, 768
+    check_compatible(enc, eva, 512)
+
+
+def test_every_model_file_of_the_table_is_in_the_readme(nodes):
+    readme = (ROOT / "README.md").read_text()
+    for key, entry in nodes.paths.MODEL_FILES.items():
+        for name in entry.files:
+            assert name in readme, f"{key}: {name} is not in README.md"
+        assert entry.source in readme and entry.licence in readme, key

@@ -359,3 +359,14 @@ def test_split_sampling_counts_start_step_per_sampler_and_percents_on_the_noise_
     _, first = sigmas_with_id(by_percent, log, ksampler(0, 3))
     _, second = sigmas_with_id(by_percent, log, ksampler(3, steps))
     assert 0 < len(whole) < steps and first + second == pytest.approx(whole)  # the same noise levels
+
+
+def test_sub_patchers_are_cached_and_disjoint(setup):
+    import comfy.model_management as mm
+
+    _, pm, pp, _ = setup
+    ca, enc = pp.ca_patcher, pp.encoder_patcher
+    assert ca.model is pm.pulid_ca and enc.model is pm.pulid_encoder
+    assert not {id(p) for p in ca.model.parameters()} & {id(p) for p in enc.model.parameters()}
+    mm.load_models_gpu([enc])  # what the encode node can load instead of the whole PuLID model
+    assert enc.loaded_size() > 0

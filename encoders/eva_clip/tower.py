@@ -1,4 +1,4 @@
-"""EVA02-CLIP vision tower: timm's ``Eva`` trunk plus the five PuLID hidden-state taps (spec §b.2-b.4).
+"""EVA02-CLIP vision tower: timm's ``Eva`` trunk plus the five PuLID hidden-state taps.
 
 ``EvaVisionTower.forward(x)`` returns ``(pooled, hidden)``: ``pooled`` = head(norm(x)[:, 0]) (B, embed_dim)
 and ``hidden`` = the residual stream entering blocks 4, 8, 12, 16, 20, raw, cls token included,
@@ -8,7 +8,6 @@ and ``hidden`` = the residual stream entering blocks 4, 8, 12, 16, 20, raw, cls 
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
@@ -16,8 +15,6 @@ from torch import nn
 
 from ..errors import require
 from .config import EVA02_CLIP_L_336, EvaVisionConfig
-
-log = logging.getLogger(__name__)
 
 TIMM_MODEL_NAME = "eva02_large_patch14_clip_336"  # timm/models/eva.py; open_clip EVA02-L-14-336 uses it too
 
@@ -29,30 +26,21 @@ def _create_trunk(config: EvaVisionConfig) -> nn.Module:
         return timm.create_model(TIMM_MODEL_NAME, pretrained=False, **config.timm_kwargs())
 
 
-def _init_non_persistent_buffers(module: nn.Module) -> None:
-    for m in module.modules():
-        init = getattr(m, "init_non_persistent_buffers", None)
-        if callable(init):
-            init()
-
-
 class EvaVisionTower(nn.Module):
-    """The vision tower. Build with ``EvaVisionTower(config)`` (random init) or ``load_eva_clip(path)``."""
+    """The vision tower. Build with ``EvaVisionTower(config)`` (random init) or ``build_eva_clip(state_dict)``."""
 
-    def __init__(self, config: EvaVisionConfig = EVA02_CLIP_L_336, *, device=None, dtype=None, trunk=None):
+    def __init__(self, config: EvaVisionConfig = EVA02_CLIP_L_336, *, trunk=None):
         super().__init__()
         self.config = config
         self.trunk = trunk if trunk is not None else _create_trunk(config)
         self._force_sdpa()
-        if device is not None or dtype is not None:
-            self.to(device=device, dtype=dtype)
         self.eval()
 
     @classmethod
     def empty(cls, config: EvaVisionConfig = EVA02_CLIP_L_336) -> EvaVisionTower:
         """A tower whose parameters live on the meta device (no allocation, no init); RoPE caches are real.
 
-        Use ``load_state_dict(sd, assign=True)`` to give it weights (``checkpoint.load_eva_clip`` does).
+        Use ``load_state_dict(sd, assign=True)`` to give it weights (``build_eva_clip`` does).
         """
         with torch.device("meta"):
             trunk = _create_trunk(config)
@@ -62,30 +50,17 @@ class EvaVisionTower(nn.Module):
             for name, buf in list(mod.named_buffers(recurse=False)):
                 if buf.is_meta:
                     mod.register_buffer(name, torch.empty(buf.shape, dtype=buf.dtype), persistent=False)
-        _init_non_persistent_buffers(tower)
+        for m in tower.modules():
+            if callable(getattr(m, "init_non_persistent_buffers", None)):
+                m.init_non_persistent_buffers()
         return tower
 
     def _force_sdpa(self) -> None:
         """timm picks SDPA via its env / config switch; PuLID always wants F.scaled_dot_product_attention."""
-        n = 0
         for blk in self.trunk.blocks:
-            if hasattr(blk.attn, "fused_attn"):
-                blk.attn.fused_attn = True
-                n += 1
-        if n != len(self.trunk.blocks):
-            raise RuntimeError(f"timm Eva attention without a fused_attn switch ({n}/{len(self.trunk.blocks)} blocks)")
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.trunk.patch_embed.proj.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.trunk.patch_embed.proj.weight.device
+            if not hasattr(blk.attn, "fused_attn"):
+                raise RuntimeError("this timm version's Eva attention has no fused_attn switch")
+            blk.attn.fused_attn = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # x: (B, 3, S, S) normalised with the OpenAI CLIP mean/std

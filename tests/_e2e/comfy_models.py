@@ -1,7 +1,7 @@
 """Tiny random-weight Flux DiT, Flux AE and CLIP-L files that ComfyUI's own loaders accept.
 
 Tensor names and shapes come from ComfyUI's own classes built on the ``meta`` device, so the files load
-with no missing or unexpected keys (docs/comfyui.md §5.1):
+with no missing or unexpected keys:
 
 * Flux DiT (``diffusion_models/``, UNETLoader): detection hard-codes hidden 3072 / 24 heads / context 4096,
   so the smallest file is 1 double + 1 single block (~546M params, ~1 GB in bf16).

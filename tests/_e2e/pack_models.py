@@ -4,8 +4,8 @@ Layout under ``<cache>/pack`` (mapped into ComfyUI by extra_model_paths.yaml):
 
 * ``pulid/pulid_flux_tiny.safetensors``: the official key layout (``pulid_encoder.*``, ``pulid_ca.*``) with
   CA width 3072 (the real Flux hidden size, which ComfyUI's Flux detection fixes), 2 CAs for the 1 double
-  + 1 single block tiny DiT, and small IDFormer / ID widths; heads/dim_head in the metadata
-  (pulid/checkpoint.py ``save_pulid_file``);
+  + 1 single block tiny DiT, and small IDFormer / ID widths with the official head widths (one head each,
+  what the loader assumes); written by tests/_writers.py ``save_pulid_file``;
 * ``clip/eva_clip_tiny.safetensors``, ``insightface/models/antelopev2/*.onnx`` and ``facexlib/*.pth`` from
   the encoders' tiny builders (tests/_tiny_faces.py), so the real insightface / facexlib / timm code runs.
 """
@@ -19,8 +19,8 @@ from .cache import CACHE_DIR, ensure, locked
 
 PULID_FILE = "pulid_flux_tiny.safetensors"
 EVA_FILE = "eva02_clip_tiny.pt"  # official eva_clip layout (visual.*), torch .pt
-GENERATOR_REV = 1
-FLUX_HIDDEN = 3072  # fixed by ComfyUI's Flux detection (docs/comfyui.md §5.1)
+GENERATOR_REV = 2
+FLUX_HIDDEN = 3072  # ComfyUI's Flux detection reads the hidden size from the checkpoint only as 3072
 
 
 def tiny_pulid_model(vit_dim: int, clip_embed_dim: int, seed: int = 0, arcface_dim: int = 512):
@@ -30,9 +30,9 @@ def tiny_pulid_model(vit_dim: int, clip_embed_dim: int, seed: int = 0, arcface_d
     from comfyui_pulid_flux.pulid.config import PulidFluxConfig
     from comfyui_pulid_flux.pulid.model import PulidFluxModel
 
-    cfg = PulidFluxConfig(flux_double_blocks=1, flux_single_blocks=1, flux_hidden=FLUX_HIDDEN, ca_dim_head=16,
-                          ca_heads=2, id_dim=64, encoder_dim=64, encoder_dim_head=16, encoder_heads=4, ff_mult=2,
-                          mapping_hidden=64, arcface_dim=arcface_dim, clip_embed_dim=clip_embed_dim, vit_width=vit_dim)
+    cfg = PulidFluxConfig(flux_double_blocks=1, flux_single_blocks=1, flux_hidden=FLUX_HIDDEN, ca_heads=1, id_dim=64,
+                          encoder_dim=64, encoder_heads=1, ff_mult=2, mapping_hidden=64, arcface_dim=arcface_dim,
+                          clip_embed_dim=clip_embed_dim, vit_width=vit_dim)
     model = PulidFluxModel.from_config(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -50,7 +50,7 @@ def tiny_pulid_model(vit_dim: int, clip_embed_dim: int, seed: int = 0, arcface_d
 
 def ensure_pulid(cache: Path, manifest: dict, vit_dim: int, clip_embed_dim: int) -> Path:
     def write(path: Path) -> None:
-        from comfyui_pulid_flux.pulid.checkpoint import save_pulid_file
+        from _writers import save_pulid_file
 
         save_pulid_file(tiny_pulid_model(vit_dim, clip_embed_dim), path)
 
