@@ -17,10 +17,12 @@ class ApplyPulidFluxID(io.ComfyNode):
             node_id="PuLIDFluxID_Apply",
             display_name="Apply PuLID-Flux ID",
             category=CATEGORY,
-            description="Adds the identity to a Flux.1 model through ComfyUI's block-replace patches, on a clone "
-                        "(the input MODEL is left untouched). Chain two of them with masks for two people.",
+            description="Adds the identity to a Flux.1 or Chroma model through ComfyUI's block-replace patches, on a "
+                        "clone (the input MODEL is left untouched). Chain two of them with masks for two people.",
             inputs=[
-                io.Model.Input("model", tooltip="A Flux.1 (dev / Krea-dev) diffusion model."),
+                io.Model.Input("model", tooltip="A Flux.1 (dev / Krea-dev / schnell / Kontext) or Chroma diffusion "
+                                                "model of the size the PuLID file was made for (19 + 38 blocks, "
+                                                "width 3072); on Chroma use true CFG with uncond_id."),
                 PulidModel.Input("pulid", tooltip="From 'Load PuLID-Flux Model'; must be the model the ID was "
                                                   "encoded with."),
                 Identity.Input("identity", tooltip="From 'Encode PuLID-Flux ID' or 'Load PuLID-Flux ID'."),

@@ -15,7 +15,7 @@ Placement is the official one: after double blocks 0, 2, 4, ... and single block
 (`config.ca_layout`), `img = img + weight * CA(id, img)` on the main-image tokens only.
 
 State: everything an apply holds is immutable and shared by clones (`__deepcopy__` returns self), except
-one `_Live` holder per apply: the APPLY_MODEL wrapper decides the gating of the call (sigma window, start
+one `_CallSlot` holder per apply: the APPLY_MODEL wrapper decides the gating of the call (sigma window, start
 step, which rows get the cond or uncond ID, mask) and leaves it there as tensors; the block patches only do
 tensor work with it. Under `torch.compile` every row is computed and the gate tensor zeroes the rows without
 ID, so a run at one resolution traces once whatever the step; in eager mode rows without ID cost nothing.
@@ -42,23 +42,23 @@ _MEMO_SIZE = 16  # plans kept per apply (one per resolution / batch layout / act
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
+class _CallPlan:
     """What every block of one model call does for one apply."""
 
-    rows: tuple[int, int] | None  # eager: the row span holding every row with an ID (None: no row has one)
+    id_span: tuple[int, int] | None  # eager: the rows [r0, r1) holding every row with an ID (None: no row has one)
     select: Tensor | None  # (rows,) ID entry per row; None: entry 0 for all rows
     gate: Tensor  # (rows, 1 or n_img, 1): weight x active x mask; 0 on rows without ID
     n_img: int  # main-image tokens
     n_ref: int  # Kontext reference tokens after them
 
 
-class _Live:
+class _CallSlot:
     """The one mutable object of an apply: the plan of the model call in progress, for its block patches."""
 
     __slots__ = ("plan", "memo")
 
     def __init__(self):
-        self.plan: _Plan | None = None
+        self.plan: _CallPlan | None = None
         self.memo: dict = {}
 
     def __deepcopy__(self, memo):
@@ -66,7 +66,7 @@ class _Live:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class _Effect:
+class _AppliedID:
     """Everything one apply contributes, shared by its block patches and its wrapper."""
 
     prepared: PreparedID  # the ID table (folded or reference) and its ModelPatcher
@@ -75,113 +75,113 @@ class _Effect:
     start_step: int  # first step index of the sampler run that gets the ID
     uncond_mode: str
     mask: Tensor | None  # (B_m, H, W) float32 CPU
-    live: _Live
+    call_slot: _CallSlot
 
     def __deepcopy__(self, memo):
         return self
 
 
 # --------------------------------------------------------------------------------------- per call
-def _row_entry(effect: _Effect, chunk: int, item: int) -> int | None:
+def _row_entry(applied: _AppliedID, chunk: int, item: int) -> int | None:
     """The ID entry of one latent row, None for no ID."""
-    which = "cond" if chunk == 0 else {"uncond_id": "uncond", "same": "cond", "none": None}[effect.uncond_mode]
+    which = "cond" if chunk == 0 else {"uncond_id": "uncond", "same": "cond", "none": None}[applied.uncond_mode]
     if which is None:
         return None
     if which == "uncond":
-        return effect.prepared.n_cond
-    return item if effect.prepared.n_cond > 1 else 0
+        return applied.prepared.n_cond
+    return item if applied.prepared.n_cond > 1 else 0
 
 
-def _mask_weights(effect: _Effect, grid, latent, device) -> Tensor:
+def _mask_weights(applied: _AppliedID, grid, latent, device) -> Tensor:
     """(B_m, n_img, 1) token weights of the apply's mask, once per latent size."""
     key = ("mask", grid, latent, device)
-    hit = effect.live.memo.get(key)
+    hit = applied.call_slot.memo.get(key)
     if hit is None:
-        hit = token_weights(effect.mask, grid, device, effect.prepared.table.compute_dtype, latent)
-        effect.live.memo[key] = hit
+        hit = token_weights(applied.mask, grid, device, applied.prepared.table.compute_dtype, latent)
+        applied.call_slot.memo[key] = hit
     return hit
 
 
-def _new_plan(effect: _Effect, active: bool, chunks: tuple, rows: int, grid, latent, n_ref: int, device) -> _Plan:
+def _new_plan(applied: _AppliedID, active: bool, chunks: tuple, rows: int, grid, latent, n_ref: int, device) -> _CallPlan:
     if rows % len(chunks):
         raise RuntimeError(f"PuLID: {rows} rows do not split into the {len(chunks)} cond/uncond chunks {chunks}")
     batch = rows // len(chunks)
-    n_cond = effect.prepared.n_cond
+    n_cond = applied.prepared.n_cond
     if n_cond not in (1, batch):
         raise ValueError(
             f"the ID embedding holds {n_cond} identities but the latent batch is {batch}: use one identity "
             f"(broadcast to the batch) or exactly one per latent image"
         )
-    entries = [_row_entry(effect, c, b) for c in chunks for b in range(batch)]
+    entries = [_row_entry(applied, c, b) for c in chunks for b in range(batch)]
     on = [i for i, e in enumerate(entries) if active and e is not None]
-    table = effect.prepared.table
+    table = applied.prepared.table
     select = None
     if table.entries > 1:
         select = torch.tensor([e or 0 for e in entries], dtype=torch.long, device=device)
-    gate = torch.tensor([effect.weight if i in on else 0.0 for i in range(rows)], dtype=table.compute_dtype, device=device)
+    gate = torch.tensor([applied.weight if i in on else 0.0 for i in range(rows)], dtype=table.compute_dtype, device=device)
     gate = gate.view(rows, 1, 1)
-    if effect.mask is not None:
-        check_mask_batch(effect.mask.shape[0], batch)
-        weights = _mask_weights(effect, grid, latent, device)
+    if applied.mask is not None:
+        check_mask_batch(applied.mask.shape[0], batch)
+        weights = _mask_weights(applied, grid, latent, device)
         gate = gate * (weights.repeat(len(chunks), 1, 1) if weights.shape[0] > 1 else weights)
     span = (on[0], on[-1] + 1) if on else None
-    return _Plan(rows=span, select=select, gate=gate, n_img=grid_tokens(grid), n_ref=n_ref)
+    return _CallPlan(id_span=span, select=select, gate=gate, n_img=grid_tokens(grid), n_ref=n_ref)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _CallPlanner:
     """APPLY_MODEL wrapper: decides this apply's gating for one model call and leaves it for the blocks."""
 
-    effect: _Effect
+    applied: _AppliedID
 
     def __deepcopy__(self, memo):
         return self
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
-        effect, live = self.effect, self.effect.live
+        applied, call_slot = self.applied, self.applied.call_slot
         to = transformer_options if isinstance(transformer_options, dict) else {}
         dm = executor.class_obj.diffusion_model
         patch = dm.patch_size
-        window = sigma_window(executor.class_obj.model_sampling, *effect.percents)
+        window = sigma_window(executor.class_obj.model_sampling, *applied.percents)
         schedule = to.get("sample_sigmas")
         schedule = schedule.tolist() if isinstance(schedule, Tensor) else schedule
-        active = is_active(float(t.max()), window, effect.start_step, schedule)
+        active = is_active(float(t.max()), window, applied.start_step, schedule)
         chunks = tuple(to.get("cond_or_uncond") or (0,))
         grid = token_grid(x.shape[-2], x.shape[-1], patch)
         refs = kwargs.get("ref_latents") or ()
         n_ref = sum(math.prod(token_grid(r.shape[-2], r.shape[-1], patch)) for r in refs)
         key = (active, chunks, x.shape[0], x.shape[-2:], n_ref, x.device)
-        plan = live.memo.get(key)
+        plan = call_slot.memo.get(key)
         if plan is None:
-            plan = _new_plan(effect, active, chunks, x.shape[0], grid, (x.shape[-2], x.shape[-1], patch), n_ref,
+            plan = _new_plan(applied, active, chunks, x.shape[0], grid, (x.shape[-2], x.shape[-1], patch), n_ref,
                              x.device)
-            if len(live.memo) >= _MEMO_SIZE:
-                live.memo.pop(next(iter(live.memo)))
-            live.memo[key] = plan
-        previous, live.plan = live.plan, plan
+            if len(call_slot.memo) >= _MEMO_SIZE:
+                call_slot.memo.pop(next(iter(call_slot.memo)))
+            call_slot.memo[key] = plan
+        previous, call_slot.plan = call_slot.plan, plan
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
-            live.plan = previous
+            call_slot.plan = previous
 
 
 # --------------------------------------------------------------------------------------- the ID term
-def _with_id(effect: _Effect, ca_index: int, x: Tensor, single: bool) -> Tensor:
+def _with_id(applied: _AppliedID, ca_index: int, x: Tensor, single: bool) -> Tensor:
     """x with weight * CA(id, main-image tokens) added out of place (x itself when no row gets the ID)."""
-    plan = effect.live.plan
+    plan = applied.call_slot.plan
     if plan is None or plan.gate.shape[0] != x.shape[0]:
         raise RuntimeError(
             "PuLID block patch called outside a model call it planned (the PuLID apply_model wrapper did not run "
             f"for these {x.shape[0]} rows); call the model through ComfyUI's apply_model"
         )
-    table = effect.prepared.table
+    table = applied.prepared.table
     if torch.compiler.is_compiling():  # one graph for the whole run: the gate zeroes rows without ID
         r0, r1 = 0, x.shape[0]
-    elif plan.rows is None:
+    elif plan.id_span is None:
         return x
     else:
-        r0, r1 = plan.rows
+        r0, r1 = plan.id_span
         if table.weight_device != x.device:
             raise RuntimeError(
                 f"the PuLID ID table is on {table.weight_device} but the Flux hidden states on {x.device}; load the PuLID "
@@ -206,7 +206,7 @@ def _with_id(effect: _Effect, ca_index: int, x: Tensor, single: bool) -> Tensor:
 class _BlockPatch:
     """Callable stored under patches_replace["dit"]; wraps whatever patch was there before."""
 
-    effect: _Effect
+    applied: _AppliedID
     ca_index: int
     single: bool  # a single-stream block (text, image, reference tokens in one sequence)
     inner: object = None  # the replaced patch of another apply or pack, or None
@@ -217,13 +217,13 @@ class _BlockPatch:
     def __call__(self, args: dict, extra: dict) -> dict:
         # args is passed on as received: any key ComfyUI or another pack adds keeps flowing
         out = self.inner(args, extra) if self.inner is not None else extra["original_block"](args)
-        img = _with_id(self.effect, self.ca_index, out["img"], self.single)
+        img = _with_id(self.applied, self.ca_index, out["img"], self.single)
         return out if img is out["img"] else {**out, "img": img}
 
     def models(self) -> list:
         """ComfyUI loads these with the diffusion model: our ID table plus whatever the wrapped patch needs."""
         inner = self.inner.models() if hasattr(self.inner, "models") else []
-        return [self.effect.prepared.patcher, *inner]
+        return [self.applied.prepared.patcher, *inner]
 
     def to(self, *args, **kwargs):
         """Nothing of ours to move (ComfyUI moves the table's ModelPatcher); forwarded to a wrapped patch."""
@@ -268,13 +268,13 @@ def apply_pulid_flux(model, pulid, identity, *, weight=1.0, start_percent=0.0, e
         tokens, uncond = check_embedding(identity, pulid_model, uncond_mode)
         prepared = prepare_id(pulid, tokens, uncond if uncond_mode == "uncond_id" else None, folded=folded)
     mask = check_mask(mask)
-    effect = _Effect(prepared=prepared, weight=weight, percents=(start, end), start_step=start_step,
-                     uncond_mode=uncond_mode, mask=mask, live=_Live())
+    applied = _AppliedID(prepared=prepared, weight=weight, percents=(start, end), start_step=start_step,
+                     uncond_mode=uncond_mode, mask=mask, call_slot=_CallSlot())
     m = model.clone()
     existing = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for name, placement, single in (("double_block", layout.double, False), ("single_block", layout.single, True)):
         for block, ca_index in placement.items():
-            patch = _BlockPatch(effect, ca_index, single, existing.get((name, block)))
+            patch = _BlockPatch(applied, ca_index, single, existing.get((name, block)))
             m.set_model_patch_replace(patch, "dit", name, block)
-    m.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, _CallPlanner(effect))
+    m.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, _CallPlanner(applied))
     return m

@@ -262,16 +262,16 @@ def test_clone_shares_immutable_patch_objects(env):
     assert all(dit(c)[k] is v for k, v in first.items())
     p = first[("double_block", 0)]
     assert copy.deepcopy(p) is p
-    for field in ("inner", "ca_index", "effect"):
+    for field in ("inner", "ca_index", "applied"):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(p, field, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        p.effect.weight = 2.0
+        p.applied.weight = 2.0
     m2 = apply_pulid_flux(m1, pp, T.tiny_embedding(seed=4))
     assert dict(dit(m1)) == first and all(dit(m1)[k] is v for k, v in first.items())
     assert all(dit(m2)[k].inner is v for k, v in first.items())  # chained, not dropped
     assert p.to(torch.device("cpu")) is p and p.to(torch.float16) is p and p.to(None) is p
-    assert p.models() == [p.effect.prepared.patcher]
+    assert p.models() == [p.applied.prepared.patcher]
     assert p.cleanup() is None  # nothing wrapped: a no-op
 
 
@@ -297,10 +297,10 @@ def test_wrapped_patch_keeps_its_to_models_and_cleanup(env):
     pre = base.clone()
     pre.set_model_patch_replace(Foreign(), "dit", "double_block", 0)
     p = dit(apply_pulid_flux(pre, pp, T.tiny_embedding()))[("double_block", 0)]
-    assert p.models() == [p.effect.prepared.patcher, "foreign-model"]
+    assert p.models() == [p.applied.prepared.patcher, "foreign-model"]
     moved = p.to(torch.device("cpu"))
     assert moved is not p and isinstance(moved.inner, Foreign) and moved.inner is not p.inner
-    assert moved.effect is p.effect and moved.ca_index == p.ca_index
+    assert moved.applied is p.applied and moved.ca_index == p.ca_index
     assert ("to", torch.device("cpu")) in calls  # (ComfyUI's ModelPatcher.__del__ may call .to too)
     assert p.cleanup() == "foreign-cleanup"
     assert calls[-1] == "cleanup"  # ComfyUI >= 0.17 calls cleanup() on top-level patches only: forwarded

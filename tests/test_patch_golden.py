@@ -131,13 +131,13 @@ def _first_block_probe(monkeypatch, log: list):
 
     real = patch._with_id
 
-    def probed(effect, ca_index, x, single):
-        out = real(effect, ca_index, x, single)
+    def probed(applied, ca_index, x, single):
+        out = real(applied, ca_index, x, single)
         if ca_index == 0:
-            plan, n_cond = effect.live.plan, effect.prepared.n_cond
+            plan, n_cond = applied.call_slot.plan, applied.prepared.n_cond
             rows = []
             for r in range(x.shape[0]):
-                inside = plan.rows is not None and plan.rows[0] <= r < plan.rows[1]
+                inside = plan.id_span is not None and plan.id_span[0] <= r < plan.id_span[1]
                 entry = 0 if plan.select is None else int(plan.select[r])
                 has_id = inside and bool(plan.gate[r].abs().max() > 0)
                 rows.append(None if not has_id else ("id" if entry < n_cond else "uncond_id"))
