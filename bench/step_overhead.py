@@ -290,7 +290,7 @@ def tiny_compile(comfy_root: str, calls: int) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_ROOT", "/opt/comfyui/ComfyUI-0.3.64"))
+    ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_ROOT", os.path.expanduser("~/.cache/comfyui-pulid-flux/ComfyUI-0.3.64")))
     ap.add_argument("--image-tokens", type=int, default=256, help="square grid; 256 = 256x256 px")
     ap.add_argument("--text-tokens", type=int, default=128)
     ap.add_argument("--large", action="store_true", help="1024 image + 512 text tokens")

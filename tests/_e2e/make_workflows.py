@@ -1,6 +1,6 @@
 """Regenerate ``workflows/*.json`` (+ ``.jpg`` thumbnails) from ``workflow_specs.py``.
 
-    python tests/_e2e/make_workflows.py [--comfyui /opt/comfyui/ComfyUI-0.3.64] [--chromium /usr/bin/chromium]
+    python tests/_e2e/make_workflows.py [--comfyui ~/.cache/comfyui-pulid-flux/ComfyUI-0.3.64] [--chromium /usr/bin/chromium]
 
 Starts a ComfyUI server with the pack, builds each UI workflow from ``/object_info``, loads it into the
 real frontend (headless Chromium over the DevTools protocol), and writes what the frontend serialises
@@ -90,7 +90,7 @@ def pack_version() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--comfyui", default="/opt/comfyui/ComfyUI-0.3.64")
+    p.add_argument("--comfyui", default=str(Path.home() / ".cache" / "comfyui-pulid-flux" / "ComfyUI-0.3.64"))
     p.add_argument("--chromium", default=find_chromium() or "/usr/bin/chromium")
     p.add_argument("--no-frontend", action="store_true")
     a = p.parse_args(argv)
