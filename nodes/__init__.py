@@ -5,16 +5,15 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from . import paths
-from .apply import ApplyPulidFluxID
+from .apply import Apply
 from .encode import EncodeIdentity
-from .id_io import LoadPulidFluxID, SavePulidFluxID
+from .id_io import LoadID, SaveID
 from .loaders import EvaClipLoader, FaceAnalysisLoader, FacexlibLoader, ModelLoader
-from .sheet import PulidFluxLikenessSheet
-from .similarity import PulidFluxFaceSimilarity
+from .sheet import LikenessSheet
+from .similarity import FaceSimilarity
 
 NODES: list[type[io.ComfyNode]] = [ModelLoader, EvaClipLoader, FaceAnalysisLoader, FacexlibLoader, EncodeIdentity,
-                                   ApplyPulidFluxID, SavePulidFluxID, LoadPulidFluxID, PulidFluxFaceSimilarity,
-                                   PulidFluxLikenessSheet]
+                                   Apply, SaveID, LoadID, FaceSimilarity, LikenessSheet]
 
 paths.register()
 

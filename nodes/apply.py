@@ -5,13 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..pulid.cfg import DEFAULT_CFG_START_STEP, set_cfg_start
-from ..pulid.patch import apply_pulid_flux
+from ..pulid.patch import UNCOND_MODES, apply_pulid_flux
 from .types import CATEGORY, Identity, PulidModel
 
-UNCOND_MODES = ["uncond_id", "none", "same"]  # pulid/patch.py: what the true-CFG negative rows receive
 
-
-class ApplyPulidFluxID(io.ComfyNode):
+class Apply(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -43,7 +41,7 @@ class ApplyPulidFluxID(io.ComfyNode):
                                      "index. Raise it (e.g. 4 of 20) for more pose/style freedom. Counted from "
                                      "the first step of each sampler: with two samplers (or denoise < 1) every "
                                      "sampler starts again at 0."),
-                io.Combo.Input("uncond_mode", options=UNCOND_MODES, default="uncond_id",
+                io.Combo.Input("uncond_mode", options=list(UNCOND_MODES), default="uncond_id",
                                tooltip="With true CFG (cfg > 1 and a negative prompt): what the negative branch "
                                        "gets. uncond_id = the ID encoder run on zeros (official); none = no ID; "
                                        "same = the ID as well. Fake CFG (cfg 1) is unaffected."),

@@ -16,7 +16,7 @@ from ..pulid.embedding import IDEmbedding
 from . import paths
 from .types import CATEGORY_IDENTITY, Identity
 
-log = logging.getLogger("PuLID-Flux")
+log = logging.getLogger(__name__)
 ID_EXTENSION = ".safetensors"
 
 
@@ -41,7 +41,7 @@ def check_prefix(prefix: str) -> str:
     return name
 
 
-class SavePulidFluxID(io.ComfyNode):
+class SaveID(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -73,7 +73,7 @@ class SavePulidFluxID(io.ComfyNode):
         return io.NodeOutput(name, ui=ui.PreviewText(name))
 
 
-class LoadPulidFluxID(io.ComfyNode):
+class LoadID(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -15,7 +15,7 @@ def _as_tensor(array) -> torch.Tensor:
     return (torch.from_numpy(array.copy()).float() / 255.0).unsqueeze(0).to(mm.intermediate_device())
 
 
-class PulidFluxLikenessSheet(io.ComfyNode):
+class LikenessSheet(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -12,7 +12,7 @@ from ..encoders import similarity as sim
 from ..encoders.image import to_rgb_uint8
 from .types import CATEGORY, FaceAnalysis, Identity
 
-log = logging.getLogger("PuLID-Flux")
+log = logging.getLogger(__name__)
 
 
 def reference_arcface(face_analysis, identity, reference):
@@ -30,7 +30,7 @@ def reference_arcface(face_analysis, identity, reference):
     return arcface.float().cpu().numpy()
 
 
-class PulidFluxFaceSimilarity(io.ComfyNode):
+class FaceSimilarity(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -75,7 +75,7 @@ class PulidFluxFaceSimilarity(io.ComfyNode):
         scores = sim.score_images(face_analysis, image, refs, references)
         for i, s in enumerate(scores):
             if s.chosen is None:
-                log.warning("PuLID-Flux similarity: no face found in generated image %d; it scores %s",
+                log.warning("PuLID-Flux: no face found in generated image %d; its similarity is %s",
                             i, sim.NO_FACE_SCORE)
         annotated = torch.stack([
             torch.from_numpy(sim.annotate(to_rgb_uint8(image[i], i), s).copy()).float() / 255.0

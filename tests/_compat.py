@@ -133,11 +133,11 @@ def make_kit(monkeypatch, hidden: int = 64, num_ca: int = 4, seed: int = 1, dtyp
 
 def apply_id(model, kit: Kit, **kwargs):
     """The Apply node (PuLIDFluxID_Apply) executed in-process on `model`."""
-    from comfyui_pulid_flux.nodes.apply import ApplyPulidFluxID
+    from comfyui_pulid_flux.nodes.apply import Apply
 
     args = dict(weight=1.0, start_percent=0.0, end_percent=1.0, start_step=0, uncond_mode="uncond_id")
     args.update(kwargs)
-    return run_node(ApplyPulidFluxID, model=model, pulid=kit.pulid, identity=kit.identity, **args)[0]
+    return run_node(Apply, model=model, pulid=kit.pulid, identity=kit.identity, **args)[0]
 
 
 def pulid_step(kit: Kit, **kwargs):

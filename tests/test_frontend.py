@@ -229,6 +229,11 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
             assert shapes.pop("pulid_sweep_chart") == (chart_h, chart_w, 3), f"{where}: {shapes}"
             sheet = shapes.pop("pulid_sweep_sheet")
             assert sheet[0] > TINY and sheet[1] > TINY and not shapes, f"{where}: {sheet}, {shapes}"
+            # web/node_text.js draws the Face Similarity summary (its ui text) on the node
+            node = next(n["id"] for n in wf["nodes"] if n["type"] == "PuLIDFluxID_FaceSimilarity")
+            sent = page.js("window.__pulid.text").get(str(node))
+            shown = page.js(f"(app.rootGraph ?? app.graph).getNodeById({node}).pulidText ?? null")
+            assert sent and shown == sent[0], f"{where}: the similarity node shows {shown!r}, sent {sent!r}"
         else:
             assert set(shapes.values()) == {(TINY, TINY, 3)}, f"{where}: {shapes}"
     finally:
@@ -236,7 +241,7 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
 
 
 def test_save_id_shows_the_saved_name_on_the_node(frontend):
-    """web/save_id.js draws the name the node sends to the UI (ui.PreviewText) on the node."""
+    """web/node_text.js draws the name the node sends to the UI (ui.PreviewText) on the node."""
     page = frontend["browser"].page()
     try:
         _, where = _open(page, frontend, "pulid_flux_basic")
@@ -245,7 +250,7 @@ def test_save_id_shows_the_saved_name_on_the_node(frontend):
         _queue(page, frontend["server"], where)
         sent = page.js("window.__pulid.text")
         assert node in sent and sent[node][0].startswith(f"pulid_ids/ui/{frontend['kind']}_"), sent
-        shown = page.js(f"(app.rootGraph ?? app.graph).getNodeById({node}).pulidSavedAs ?? null")
+        shown = page.js(f"(app.rootGraph ?? app.graph).getNodeById({node}).pulidText ?? null")
         assert shown == "saved: " + sent[node][0], f"{where}: the Save ID node shows {shown!r}"
     finally:
         page.close()

@@ -106,11 +106,11 @@ def test_folders_keep_paths_an_extra_model_paths_yaml_defined(nodes):
 
 def test_apply_with_weight_zero_returns_the_input_model(nodes):
     sentinel = object()
-    out = nodes.ApplyPulidFluxID.execute(model=sentinel, pulid=None, identity=None, weight=0.0, start_percent=0.0,
+    out = nodes.Apply.execute(model=sentinel, pulid=None, identity=None, weight=0.0, start_percent=0.0,
                                          end_percent=1.0, start_step=0, uncond_mode="uncond_id")
     assert out.args[0] is sentinel
     with pytest.raises(ValueError, match=r"weight=nan must be a finite number"):  # NaN is not 0: still refused
-        nodes.ApplyPulidFluxID.execute(model=sentinel, pulid=None, identity=None, weight=float("nan"),
+        nodes.Apply.execute(model=sentinel, pulid=None, identity=None, weight=float("nan"),
                                        start_percent=0.0, end_percent=1.0, start_step=0, uncond_mode="uncond_id")
 
 
@@ -141,13 +141,13 @@ def test_save_and_load_id_roundtrip(nodes, tmp_path):
     folder_paths.set_input_directory(str(tmp_path / "input"))
     try:
         ident = IDEmbedding(tokens=torch.randn(1, 64, 16), uncond=torch.randn(1, 32, 16), meta={"fusion": "concat"})
-        first = nodes.SavePulidFluxID.execute(identity=ident, filename_prefix="people/me").args[0]
-        second = nodes.SavePulidFluxID.execute(identity=ident, filename_prefix="people/me").args[0]
+        first = nodes.SaveID.execute(identity=ident, filename_prefix="people/me").args[0]
+        second = nodes.SaveID.execute(identity=ident, filename_prefix="people/me").args[0]
         assert first == "pulid_ids/people/me_00001_.safetensors [output]"
         assert second == "pulid_ids/people/me_00002_.safetensors [output]"
         for bad in ("../../escaped", "../x", "a/../../b", str(tmp_path / "abs"), "..", "", "  ", "..\\..\\w"):
             with pytest.raises(ValueError, match=r"filename_prefix .* must be a relative file name inside output"):
-                nodes.SavePulidFluxID.execute(identity=ident, filename_prefix=bad)
+                nodes.SaveID.execute(identity=ident, filename_prefix=bad)
         written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.safetensors"))
         assert written == ["output/pulid_ids/people/me_00001_.safetensors",
                            "output/pulid_ids/people/me_00002_.safetensors"]
@@ -155,13 +155,13 @@ def test_save_and_load_id_roundtrip(nodes, tmp_path):
         ident.save(tmp_path / "input" / "pulid_ids" / "shared.safetensors")
         listed = nodes.id_io.saved_ids()
         assert listed == [first, second, "pulid_ids/shared.safetensors [input]"]
-        assert listed == nodes.LoadPulidFluxID.GET_SCHEMA().inputs[0].options  # the dropdown is recomputed
+        assert listed == nodes.LoadID.GET_SCHEMA().inputs[0].options  # the dropdown is recomputed
         for name in listed:
-            loaded = nodes.LoadPulidFluxID.execute(id_name=name).args[0]
+            loaded = nodes.LoadID.execute(id_name=name).args[0]
             assert torch.equal(loaded.tokens, ident.tokens) and torch.equal(loaded.uncond, ident.uncond)
             assert loaded.meta == ident.meta
         with pytest.raises(FileNotFoundError, match="Save PuLID-Flux ID"):
-            nodes.LoadPulidFluxID.execute(id_name="pulid_ids/gone.safetensors [output]")
+            nodes.LoadID.execute(id_name="pulid_ids/gone.safetensors [output]")
     finally:
         folder_paths.set_output_directory(old_out)
         folder_paths.set_input_directory(old_in)

@@ -144,7 +144,7 @@ def test_comfy_node_validate_and_pack(tmp_path):
     names = set(zipfile.ZipFile(next(pack.glob("*.zip"))).namelist())
     for shipped in ["__init__.py", "install.py", "requirements.txt", "pyproject.toml", "LICENSE", "README.md",
                     "icon.png", "nodes/apply.py", "pulid/patch.py", "encoders/eva_clip/tower.py",
-                    "workflows/pulid_flux_basic.json", "web/save_id.js"]:
+                    "workflows/pulid_flux_basic.json", "web/node_text.js"]:
         assert shipped in names, f"{shipped} missing from the published archive"
     for dev in ("tests/", "bench/", "scripts/", ".ci/", ".github/"):
         assert not [n for n in names if n.startswith(dev)], f"{dev} must stay out of the published archive"

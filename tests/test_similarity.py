@@ -109,7 +109,7 @@ def nodes():
 def test_similarity_node(nodes, analyzer, caplog, tmp_path, monkeypatch):
     import folder_paths
 
-    from comfyui_pulid_flux.nodes.similarity import PulidFluxFaceSimilarity as Node
+    from comfyui_pulid_flux.nodes.similarity import FaceSimilarity as Node
     from comfyui_pulid_flux.pulid.embedding import IDEmbedding
 
     refs = sim.reference_embeddings(analyzer, as_image(A))
@@ -137,7 +137,7 @@ def test_similarity_node(nodes, analyzer, caplog, tmp_path, monkeypatch):
 
 
 def test_sheet_node(nodes):
-    from comfyui_pulid_flux.nodes.sheet import PulidFluxLikenessSheet as Node
+    from comfyui_pulid_flux.nodes.sheet import LikenessSheet as Node
 
     imgs = as_image(A, B, A, B)
     sheet, chart = Node.execute(images=imgs, similarities="0.1, 0.2, 0.3, 0.25", weights="0.5, 1, 1.5, 1",
