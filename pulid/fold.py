@@ -87,7 +87,23 @@ def _pad_tokens(t: Tensor, tokens: int, dim: int, value: float) -> Tensor:
     return torch.cat([t, t.new_full(shape, value)], dim=dim)
 
 
-class FoldedID(nn.Module):
+class _IDTable(nn.Module):
+    """What the block patches read of either table; `lead` (a property) is its (CA, entry, ...) tensor."""
+
+    @property
+    def entries(self) -> int:
+        return self.lead.shape[1]
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.lead.dtype
+
+    @property
+    def weight_device(self) -> torch.device:
+        return self.lead.device
+
+
+class FoldedID(_IDTable):
     """Per CA: A (G, dim, H·T), b (G, 1, H·T), C (G, H·T, dim) for G stacked IDs; see the module docstring."""
 
     def __init__(self, a: Tensor, b: Tensor, c: Tensor, heads: int, eps: float):
@@ -111,16 +127,8 @@ class FoldedID(nn.Module):
         return cls(a, b, c, ca0.heads, ca0.norm2.eps)
 
     @property
-    def entries(self) -> int:
-        return self.a.shape[1]
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.a.dtype
-
-    @property
-    def weight_device(self) -> torch.device:
-        return self.a.device
+    def lead(self) -> Tensor:
+        return self.a
 
     def fits(self) -> tuple[int, int, int]:
         """(CA count, width, heads) the table was made for."""
@@ -138,7 +146,7 @@ class FoldedID(nn.Module):
         return torch.matmul(weights, c)
 
 
-class ReferenceID(nn.Module):
+class ReferenceID(_IDTable):
     """The unfolded path: the CA modules with each ID's keys/values (G, H, T, d) precomputed per CA."""
 
     def __init__(self, cas: nn.ModuleList, k: Tensor, v: Tensor, key_bias: Tensor):
@@ -158,16 +166,8 @@ class ReferenceID(nn.Module):
         return cls(pulid_model.pulid_ca, k.to(dtype), v.to(dtype), bias.to(dtype))
 
     @property
-    def entries(self) -> int:
-        return self.k.shape[1]
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.k.dtype
-
-    @property
-    def weight_device(self) -> torch.device:
-        return self.k.device
+    def lead(self) -> Tensor:
+        return self.k
 
     def fits(self) -> tuple[int, int, int]:
         return len(self.cas), self.cas[0].dim, self.k.shape[2]
