@@ -131,6 +131,22 @@ def make_kit(monkeypatch, hidden: int = 64, num_ca: int = 4, seed: int = 1, dtyp
     return Kit(pm, T.pulid_patcher(pm), T.tiny_embedding(), T.instrument_tables(monkeypatch))
 
 
+@pytest.fixture(scope="module")
+def base():
+    """A tiny real ComfyUI Flux, one per test module (bind it with ``base, kit = C.base, C.kit``)."""
+    import _tiny_flux as T
+
+    return T.tiny_flux_patcher()
+
+
+@pytest.fixture(scope="module")
+def kit():
+    """A tiny PuLID kit (model, handle, identity, instrumented tables), one per test module."""
+    mp = pytest.MonkeyPatch()
+    yield make_kit(mp)
+    mp.undo()
+
+
 def apply_id(model, kit: Kit, **kwargs):
     """The Apply node (PuLIDFluxID_Apply) executed in-process on `model`."""
     from comfyui_pulid_flux.nodes.apply import Apply

@@ -35,16 +35,7 @@ needs_working_pack = pytest.mark.skipif(not WORKS_ALONE, reason="the pack fails 
 needs_broken_pack = pytest.mark.skipif(WORKS_ALONE, reason="the pack works by itself on this ComfyUI")
 
 
-@pytest.fixture(scope="module")
-def base():
-    return T.tiny_flux_patcher()
-
-
-@pytest.fixture(scope="module")
-def kit():
-    mp = pytest.MonkeyPatch()
-    yield C.make_kit(mp)
-    mp.undo()
+base, kit = C.base, C.kit  # the shared module-scoped fixtures (tests/_compat.py)
 
 
 def teacache(threshold: float = 0.4):

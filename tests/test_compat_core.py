@@ -22,16 +22,7 @@ import _tiny_flux as T  # noqa: E402
 ORDERS = ["pulid_first", "pulid_last"]
 
 
-@pytest.fixture(scope="module")
-def base():
-    return T.tiny_flux_patcher()
-
-
-@pytest.fixture(scope="module")
-def kit():
-    mp = pytest.MonkeyPatch()
-    yield C.make_kit(mp)
-    mp.undo()
+base, kit = C.base, C.kit  # the shared module-scoped fixtures (tests/_compat.py)
 
 
 def chain(model, pulid, other, order: str):
