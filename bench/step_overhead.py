@@ -75,8 +75,6 @@ def build_flux(depth: int, single: int):
 
 
 def build_pulid(depth: int, single: int):
-    import comfy.model_management as mm
-    import comfy.model_patcher
 
     from comfyui_pulid_flux.pulid.config import PulidFluxConfig
     from comfyui_pulid_flux.pulid.embedding import IDEmbedding
@@ -93,13 +91,9 @@ def build_pulid(depth: int, single: int):
     g = torch.Generator().manual_seed(1)
     emb = IDEmbedding(tokens=torch.randn(1, cfg.num_id_queries, cfg.id_dim, generator=g),
                       uncond=torch.randn(1, cfg.num_id_queries, cfg.id_dim, generator=g))
-    from comfyui_pulid_flux.pulid.model import PulidFlux
+    from comfyui_pulid_flux.integration.handles import PulidFlux
 
-    def wrap(module):
-        return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
-                                                offload_device=mm.unet_offload_device())
-
-    return pm, PulidFlux(pm, wrap, "pulid_flux_full_width"), emb
+    return pm, PulidFlux(pm, "pulid_flux_full_width"), emb
 
 
 def run_context(patcher, fn):
@@ -253,7 +247,7 @@ def tiny_compile(comfy_root: str, calls: int) -> None:
     from comfy_api.torch_helpers import set_torch_compile_wrapper
     from torch._dynamo.utils import counters
 
-    from comfyui_pulid_flux.pulid.patch import apply_pulid_flux
+    from comfyui_pulid_flux.integration.patch import apply_pulid_flux
 
     comfy.ldm.flux.math.optimized_attention = comfy.ldm.modules.attention.attention_pytorch  # the GPU default
     base = T.tiny_flux_patcher(depth=2, depth_single_blocks=4)
@@ -305,7 +299,7 @@ def main():
     setup(a.comfyui)
     import comfyui_version
 
-    from comfyui_pulid_flux.pulid.patch import apply_pulid_flux
+    from comfyui_pulid_flux.integration.patch import apply_pulid_flux
 
     torch.manual_seed(0)
     side = int(round(a.image_tokens ** 0.5))

@@ -1,11 +1,11 @@
-"""Apply PuLID-Flux: MODEL + PuLID model + ID → a patched MODEL clone (pulid/patch.py does the work)."""
+"""Apply PuLID-Flux: MODEL + PuLID model + ID → a patched MODEL clone (integration/patch.py does the work)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..pulid.cfg import DEFAULT_CFG_START_STEP, set_cfg_start
-from ..pulid.patch import UNCOND_MODES, apply_pulid_flux
+from ..integration.cfg import DEFAULT_CFG_START_STEP, set_cfg_start
+from ..integration.patch import UNCOND_MODES, apply_pulid_flux
 from .types import CATEGORY, Identity, PulidModel
 
 
@@ -60,7 +60,7 @@ class Apply(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid, identity, weight, start_percent, end_percent, start_step, uncond_mode,
                 attn_mask=None, cfg_start_step=DEFAULT_CFG_START_STEP) -> io.NodeOutput:
-        # weight 0 returns the input MODEL itself (a bypass; pulid/patch.py decides, after checking the weight)
+        # weight 0 returns the input MODEL itself (a bypass; integration/patch.py decides, after checking the weight)
         patched = apply_pulid_flux(model, pulid, identity, weight=weight, start_percent=start_percent,
                                    end_percent=end_percent, start_step=start_step, uncond_mode=uncond_mode,
                                    mask=attn_mask)

@@ -10,32 +10,20 @@ import logging
 import os
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.ops
 import comfy.utils
 import torch
 from comfy_api.latest import io
 
 from .. import encoders
-from ..pulid.model import PulidFlux, PulidFluxModel
+from ..integration.handles import EvaClipModel, PulidFlux, side_model_dtype
+from ..pulid.model import PulidFluxModel
 from . import paths
 from .types import CATEGORY_LOADERS, EvaClip, FaceAnalysis, Facexlib, PulidModel
 
 log = logging.getLogger(__name__)
 
 PROVIDERS = ["auto", "CPU", "CUDA", "ROCM", "CoreML"]  # onnxruntime execution providers offered for insightface
-
-
-def side_model_dtype(device: torch.device) -> torch.dtype:
-    """Storage dtype of the PuLID and EVA weights: bf16 where the device computes it (the official dtype),
-    else fp32 (the goldens' dtype; always on the CPU). Never ComfyUI's diffusion-model dtype flags
-    (--fp8_e4m3fn-unet, --fp16-unet, ...): they are for Flux, and fp8 side models break the ID."""
-    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
-
-
-def wrap(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
-    return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
 
 
 def read_weights(path: str) -> dict[str, torch.Tensor]:
@@ -65,14 +53,6 @@ def load_weights(key: str, name: str, build):
         raise ValueError(f"{e}. The file to use: {paths.where_to_get(key)}") from e
 
 
-class EvaClipModel:
-    """What the EVA_CLIP socket carries: the tower and its ModelPatcher, loaded whole (force_full_load):
-    a plain-torch module must not be split across devices."""
-
-    def __init__(self, tower: encoders.EvaVisionTower, name: str):
-        self.tower, self.name, self.patcher = tower, name, wrap(tower)
-
-
 def _file_input(name: str, key: str, what: str) -> io.Combo.Input:
     entry, options = paths.MODEL_FILES[key], paths.file_names(key)
     return io.Combo.Input(name, options=options, default=entry.files[0] if entry.files[0] in options else None,
@@ -97,7 +77,7 @@ class ModelLoader(io.ComfyNode):
             sd, pulid_file, dtype=dtype, device=mm.unet_offload_device(), operations=comfy.ops.manual_cast))
         log.info("PuLID-Flux: loaded %s (%d cross-attentions, id_dim %d, %s)", pulid_file, model.num_ca,
                  model.id_dim, dtype)
-        return io.NodeOutput(PulidFlux(model, wrap, pulid_file))
+        return io.NodeOutput(PulidFlux(model, pulid_file))
 
 
 class EvaClipLoader(io.ComfyNode):

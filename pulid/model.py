@@ -131,17 +131,3 @@ def _heads(inner: int, dim_head: int, source: str) -> int:
         raise PulidCheckpointError(f"{source}: attention width {inner} is not a multiple of the PuLID head width "
                                    f"{dim_head}; this is not a PuLID-Flux checkpoint")
     return inner // dim_head
-
-
-class PulidFlux:
-    """What the PULID socket carries: one loaded PuLID-Flux file and the ModelPatchers ComfyUI loads it with.
-
-    model: the PulidFluxModel (weights on the offload device). wrap(module): a ComfyUI ModelPatcher for a
-    module (built by the loader node with its devices, so this package never imports ComfyUI). name: the
-    file name, for messages. encoder_patcher: the IDFormer's patcher, what Encode loads (sampling loads only
-    the folded ID tables it builds with `wrap`, never the cross-attention weights).
-    """
-
-    def __init__(self, model: PulidFluxModel, wrap, name: str = "PuLID-Flux model"):
-        self.model, self.wrap, self.name = model, wrap, name
-        self.encoder_patcher = wrap(model.pulid_encoder)

@@ -14,8 +14,9 @@ import torch
 from conftest import import_pack
 
 import_pack()
+from comfyui_pulid_flux.integration.handles import PulidFlux  # noqa: E402
 from comfyui_pulid_flux.pulid.embedding import IDEmbedding  # noqa: E402
-from comfyui_pulid_flux.pulid.model import PulidFlux, PulidFluxModel  # noqa: E402
+from comfyui_pulid_flux.pulid.model import PulidFluxModel  # noqa: E402
 
 TINY_FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=48,
                  hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=3, depth_single_blocks=5,
@@ -117,15 +118,8 @@ def tiny_pulid_model(hidden: int = 64, num_ca: int = 4, id_dim: int = TINY_ID_DI
 
 
 def pulid_patcher(pulid_model: PulidFluxModel, name: str = "tiny_pulid.safetensors") -> PulidFlux:
-    """The PulidFlux handle the loader node builds: `wrap` makes a ComfyUI ModelPatcher with its devices."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    def wrap(module):
-        return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
-                                                offload_device=mm.unet_offload_device())
-
-    return PulidFlux(pulid_model, wrap, name)
+    """The PulidFlux handle the loader node builds."""
+    return PulidFlux(pulid_model, name)
 
 
 def tiny_embedding(n: int = 1, id_dim: int = TINY_ID_DIM, seed: int = 2, tokens: int = 8, uncond=True) -> IDEmbedding:

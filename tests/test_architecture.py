@@ -1,6 +1,6 @@
 """The layout rules of the pack, checked on the source (docs/design.md, "Layers").
 
-* imports flow nodes -> pulid, encoders; never back; pack-internal imports are relative
+* imports flow nodes -> integration -> pulid, encoders; never back; pack-internal imports are relative
   (ComfyUI imports the pack under its folder name and has a top-level `nodes` module of its own);
 * pulid/ and encoders/ import without ComfyUI: no module-level comfy / folder_paths / comfy_api import;
 * heavy optional libraries are imported lazily (inside functions) in encoders/;
@@ -15,12 +15,14 @@ import re
 import pytest
 from conftest import ROOT
 
-PACKAGES = ("pulid", "encoders", "nodes")
+PACKAGES = ("pulid", "encoders", "integration", "nodes")
 COMFY_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution")
 LAZY_ONLY = ("insightface", "facexlib", "cv2", "open_clip", "timm", "onnxruntime", "onnx", "skimage")
-FORBIDDEN_RELATIVE = {"pulid": ("encoders", "nodes"), "encoders": ("pulid", "nodes"), "nodes": ()}
+FORBIDDEN_RELATIVE = {"pulid": ("encoders", "integration", "nodes"), "encoders": ("pulid", "integration", "nodes"),
+                      "integration": ("nodes",), "nodes": ()}
 FORBIDDEN_ANYWHERE = {"pulid": ("folder_paths", "comfy_api", "numpy", "cv2"),
-                      "encoders": COMFY_MODULES, "nodes": ("server",)}
+                      "encoders": COMFY_MODULES, "integration": ("server", "comfy_api", "folder_paths"),
+                      "nodes": ("server",)}
 MAX_LINES = 400
 
 

@@ -1,5 +1,5 @@
 """The official denoise loop (flux_denoise golden) through ComfyUI's own CFGGuider, with the Apply node's
-official true-CFG start (pulid/cfg.py): every case, its output and its call log (which prompt and which ID
+official true-CFG start (integration/cfg.py): every case, its output and its call log (which prompt and which ID
 each model call got, in order) from the golden sidecar; the negative pass is really skipped before the
 start step.
 """
@@ -17,12 +17,13 @@ if COMFYUI_ROOT is None:
 setup_comfyui()
 
 import _tiny_flux as T  # noqa: E402
+from comfy.patcher_extension import WrappersMP  # noqa: E402
 from einops import rearrange  # noqa: E402
 
+from comfyui_pulid_flux.integration.cfg import CFG_WRAPPER_KEY, set_cfg_start  # noqa: E402
+from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
 from comfyui_pulid_flux.pulid import fold  # noqa: E402
-from comfyui_pulid_flux.pulid.cfg import CALC_COND_BATCH, CFG_WRAPPER_KEY, set_cfg_start  # noqa: E402
 from comfyui_pulid_flux.pulid.embedding import IDEmbedding  # noqa: E402
-from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
 
 ATOL, RTOL = 1e-5, 1e-4  # Flux in fp32, as the other golden tests
 
@@ -172,9 +173,9 @@ def test_cfg_start_zero_runs_comfyui_cfg_on_every_step(denoise_setup):
     emb = IDEmbedding(tokens=io["in.id"], uncond=io["in.uncond_id"])
     model = apply_pulid_flux(base, pp, emb, weight=case["id_weight"], start_step=case["start_step"])
     set_cfg_start(model, case["timestep_to_start_cfg"])
-    assert len(model.get_wrappers(CALC_COND_BATCH, CFG_WRAPPER_KEY)) == 1
+    assert len(model.get_wrappers(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY)) == 1
     set_cfg_start(model, 0)
-    assert model.get_wrappers(CALC_COND_BATCH, CFG_WRAPPER_KEY) == []
+    assert model.get_wrappers(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY) == []
     log: list = []
     model = model.clone()
     model.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_probe", _call_log_probe(log))
@@ -191,7 +192,7 @@ def test_set_cfg_start_leaves_the_input_model_alone(denoise_setup):
     m = base.clone()
     set_cfg_start(m, 3)
     set_cfg_start(m, 2)  # replaces, never stacks
-    assert [w.start_step for w in m.get_wrappers(CALC_COND_BATCH, CFG_WRAPPER_KEY)] == [2]
+    assert [w.start_step for w in m.get_wrappers(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY)] == [2]
     assert {k: {kk: list(vv) for kk, vv in v.items()} for k, v in base.wrappers.items()} == before
     for bad in (-1, 1.5, True, "1"):
         with pytest.raises(ValueError, match="cfg_start_step"):

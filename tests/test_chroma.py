@@ -13,7 +13,7 @@ setup_comfyui()
 
 import _tiny_flux as T  # noqa: E402
 
-from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
+from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,6 @@ def test_chroma_that_does_not_fit_the_pulid_file_is_refused(chroma):
         apply_pulid_flux(wide, pp, T.tiny_embedding())
     assert T.structure(wide.model_options) == before
     radiance = T.tiny_chroma_patcher()
-    radiance.model.__class__ = type("ChromaRadiance", (comfy.model_base.Chroma,), {})  # another Chroma relative
+    radiance.model.__class__ = comfy.model_base.ChromaRadiance  # a Chroma subclass with another token layout
     with pytest.raises(ValueError, match=r"needs a Flux\.1 or Chroma MODEL .*ChromaRadiance"):
         apply_pulid_flux(radiance, pp, T.tiny_embedding())

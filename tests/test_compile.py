@@ -13,7 +13,7 @@ setup_comfyui()
 
 import _tiny_flux as T  # noqa: E402
 
-from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
+from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
 
 
 def compiled(model):

@@ -15,8 +15,8 @@ from _e2e.pack_models import tiny_pulid_model  # noqa: E402
 from _tiny_faces import cached, make_tiny_eva_checkpoint, tiny_eva_config  # noqa: E402
 from _writers import save_pulid_file  # noqa: E402
 
+from comfyui_pulid_flux.integration.handles import EvaClipModel, PulidFlux  # noqa: E402
 from comfyui_pulid_flux.nodes import loaders, paths  # noqa: E402
-from comfyui_pulid_flux.pulid.model import PulidFlux  # noqa: E402
 
 # Every flag that makes comfy.model_management.unet_dtype() return its dtype, whatever the device.
 FLAG_DTYPES = {"fp8_e4m3fn_unet": torch.float8_e4m3fn, "fp8_e5m2_unet": torch.float8_e5m2,
@@ -57,7 +57,7 @@ def test_pulid_loader_builds_the_handle(model_dirs):
 
 def test_eva_loader_builds_the_handle(model_dirs):
     eva = loaders.EvaClipLoader.execute(eva_file="eva_tiny.pt").args[0]
-    assert isinstance(eva, loaders.EvaClipModel) and eva.patcher.model is eva.tower
+    assert isinstance(eva, EvaClipModel) and eva.patcher.model is eva.tower
     assert eva.tower.config == tiny_eva_config()
 
 

@@ -143,7 +143,7 @@ def test_comfy_node_validate_and_pack(tmp_path):
         assert r.returncode == 0 and "error" not in out and "warning" not in out, f"comfy {' '.join(cmd)}:\n{r.stdout}{r.stderr}"
     names = set(zipfile.ZipFile(next(pack.glob("*.zip"))).namelist())
     for shipped in ["__init__.py", "install.py", "requirements.txt", "pyproject.toml", "LICENSE", "README.md",
-                    "icon.png", "nodes/apply.py", "pulid/patch.py", "encoders/eva_clip/tower.py",
+                    "icon.png", "nodes/apply.py", "integration/patch.py", "encoders/eva_clip/tower.py",
                     "workflows/pulid_flux_basic.json", "web/node_text.js"]:
         assert shipped in names, f"{shipped} missing from the published archive"
     for dev in ("tests/", "bench/", "scripts/", ".ci/", ".github/"):

@@ -17,7 +17,7 @@ setup_comfyui()
 
 import _tiny_flux as T  # noqa: E402
 
-from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
+from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
 
 D = T.TINY_FLUX["hidden_size"]
 SIGMA = torch.tensor([0.5])

@@ -1,5 +1,5 @@
 """Golden parity of the Flux patch: the official PuLID-Flux forward, reproduced through
-ComfyUI's own Flux (0.3.64 / 0.33) with `pulid.patch` hooked in via patches_replace.
+ComfyUI's own Flux (0.3.64 / 0.33) with `integration.patch` hooked in via patches_replace.
 
 Every constructor argument, weight and input comes from the golden sidecars. The denoise loop (true CFG
 included) runs through ComfyUI's own CFGGuider in test_cfg_golden.py.
@@ -18,8 +18,8 @@ setup_comfyui()
 import _tiny_flux as T  # noqa: E402
 from einops import rearrange  # noqa: E402
 
+from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
 from comfyui_pulid_flux.pulid.embedding import IDEmbedding  # noqa: E402
-from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
 
 ATOL, RTOL = 1e-5, 1e-4  # spec §7: Flux in fp32
 

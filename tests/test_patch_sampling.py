@@ -13,7 +13,7 @@ setup_comfyui()
 
 import _tiny_flux as T  # noqa: E402
 
-from comfyui_pulid_flux.pulid.patch import apply_pulid_flux  # noqa: E402
+from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
 
 
 def model_sampling_flux(model, shift: float):
@@ -234,7 +234,7 @@ def test_bad_mask_batch_fails_at_sampling_and_leaves_the_model_clean(setup):
 
 
 def test_mask_weights_are_computed_once_per_run(setup, monkeypatch):
-    import comfyui_pulid_flux.pulid.patch as patch_module
+    import comfyui_pulid_flux.integration.patch as patch_module
 
     base, _, pp, _ = setup
     calls = []

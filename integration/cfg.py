@@ -20,11 +20,11 @@ the schedule), it does nothing either, so an inactive Apply leaves the graph exa
 
 from __future__ import annotations
 
+from comfy.patcher_extension import WrappersMP
 from torch import Tensor
 
-from .schedule import is_active, sigma_window, step_index
+from ..pulid.schedule import is_active, sigma_window, step_index
 
-CALC_COND_BATCH = "calc_cond_batch"  # comfy.patcher_extension.WrappersMP.CALC_COND_BATCH (this package never imports ComfyUI)
 CFG_WRAPPER_KEY = "pulid_flux_cfg_start"
 DEFAULT_CFG_START_STEP = 1  # official generate_image / denoise default timestep_to_start_cfg
 
@@ -86,7 +86,7 @@ def set_cfg_start(model, start_step: int, id_percents: tuple[float, float] = (0.
     id_start_step: the Apply's ID timing; in a run where the ID acts at no step the CFG start does nothing.
     """
     start_step = check_cfg_start_step(start_step)
-    model.remove_wrappers_with_key(CALC_COND_BATCH, CFG_WRAPPER_KEY)
+    model.remove_wrappers_with_key(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY)
     if start_step > 0:
-        model.add_wrapper_with_key(CALC_COND_BATCH, CFG_WRAPPER_KEY, CFGStart(start_step, id_percents, id_start_step))
+        model.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY, CFGStart(start_step, id_percents, id_start_step))
     return model

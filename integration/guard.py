@@ -4,27 +4,28 @@ Accepted: Flux.1 (comfy.ldm.flux.model.Flux without global modulation) and Chrom
 which dispatch the same ("double_block", i) / ("single_block", i) replacements over the same token layout.
 Flux 2 / Klein, LongCat-Image, Ovis, Chroma Radiance and anything else are refused. The CA count must follow
 the official "+1" rule of the model's own depths, so tiny test models pass with tiny PuLID models and the
-real 19/38 needs exactly 20 CAs. ComfyUI objects are only inspected (class names, `params`), never imported.
+real 19/38 needs exactly 20 CAs. Models are recognised with isinstance on comfy.model_base and the diffusion-model classes.
 """
 
 from __future__ import annotations
 
 import math
 
+import comfy.ldm.chroma.model
+import comfy.ldm.flux.model
+import comfy.model_base
 import torch
 from torch import Tensor
 
-from .config import CALayout, ca_layout
-from .model import PulidFluxModel
+from ..pulid.config import CALayout, ca_layout
+from ..pulid.model import PulidFluxModel
 
-
-def _is_class(obj, module: str, name: str) -> bool:
-    return type(obj).__module__ == module and type(obj).__qualname__ == name
-
-
-# (model_base class, diffusion-model module, diffusion-model class, name for messages)
-SUPPORTED = (("Flux", "comfy.ldm.flux.model", "Flux", "Flux.1"),
-             ("Chroma", "comfy.ldm.chroma.model", "Chroma", "Chroma"))
+# (model_base class, diffusion-model class, name for messages); Chroma first, it is a Flux subclass
+SUPPORTED = ((comfy.model_base.Chroma, comfy.ldm.chroma.model.Chroma, "Chroma"),
+             (comfy.model_base.Flux, comfy.ldm.flux.model.Flux, "Flux.1"))
+# Subclasses with another token layout (the ones a ComfyUI version lacks are skipped)
+REFUSED = tuple(getattr(comfy.model_base, n) for n in ("ChromaRadiance", "Flux2", "LongCatImage")
+                if hasattr(comfy.model_base, n))
 
 
 def check_pulid(pulid) -> PulidFluxModel:
@@ -43,8 +44,8 @@ def check_flux_model(model, pulid_model: PulidFluxModel, pulid_name: str = "the 
     base = getattr(model, "model", None)
     dm = getattr(base, "diffusion_model", None)
     found = f"{type(base).__module__}.{type(base).__qualname__} / {type(dm).__module__}.{type(dm).__qualname__}"
-    kind = next((name for base_cls, module, cls, name in SUPPORTED
-                 if _is_class(base, "comfy.model_base", base_cls) and _is_class(dm, module, cls)), None)
+    kind = None if isinstance(base, REFUSED) else next(
+        (name for base_cls, dm_cls, name in SUPPORTED if isinstance(base, base_cls) and isinstance(dm, dm_cls)), None)
     if kind is None:
         raise ValueError(
             f"PuLID-Flux needs a Flux.1 or Chroma MODEL (comfy.model_base.Flux / comfy.ldm.flux.model.Flux or "

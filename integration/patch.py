@@ -28,16 +28,16 @@ import math
 from dataclasses import dataclass
 
 import torch
+from comfy.patcher_extension import WrappersMP
 from torch import Tensor
 
-from .fold import PreparedID, prepare_id
+from ..pulid.fold import PreparedID, prepare_id
+from ..pulid.regional import check_mask, check_mask_batch, grid_tokens, token_grid, token_weights
+from ..pulid.schedule import check_window, is_active, sigma_window
 from .guard import check_embedding, check_flux_model, check_pulid, check_weight
-from .regional import check_mask, check_mask_batch, grid_tokens, token_grid, token_weights
-from .schedule import check_window, is_active, sigma_window
 
 UNCOND_MODES = ("uncond_id", "none", "same")
 WRAPPER_KEY = "pulid_flux"
-APPLY_MODEL = "apply_model"  # comfy.patcher_extension.WrappersMP.APPLY_MODEL (this package never imports ComfyUI)
 _MEMO_SIZE = 16  # plans kept per apply (one per resolution / batch layout / active state)
 
 
@@ -276,5 +276,5 @@ def apply_pulid_flux(model, pulid, identity, *, weight=1.0, start_percent=0.0, e
         for block, ca_index in placement.items():
             patch = _BlockPatch(applied, ca_index, single, existing.get((name, block)))
             m.set_model_patch_replace(patch, "dit", name, block)
-    m.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, _CallPlanner(applied))
+    m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, _CallPlanner(applied))
     return m
