@@ -10,6 +10,7 @@ written next to it as ``<name>.sha256`` on first download, and checked against t
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.util
 import logging
 import os
@@ -178,20 +179,24 @@ def download(url: str, part: Path, f) -> None:
         if have and not resume:
             log.info("%s: the server does not resume (HTTP %s); starting again", f.name, resp.status)
         length = resp.headers.get("Content-Length")
-        total = f.size or ((int(length) + (have if resume else 0)) if length else None)
-        bar = Progress(f.name, total, have if resume else 0)
+        sent = (int(length) + (have if resume else 0)) if length else f.size  # the length this response makes
+        bar = Progress(f.name, f.size or sent, have if resume else 0)
         with open(part, "ab" if resume else "wb") as out:
             try:
                 while chunk := resp.read(CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
                     if f.size is not None and bar.done > f.size:
-                        raise FetchError(f"{url} sends more than the expected {f.size} bytes")
-            except (OSError, urllib.error.URLError) as e:
-                bar.update(0, final=True)
-                raise FetchError(f"{url}: interrupted after {bar.done} bytes ({e}); run the command again to "
-                                 f"resume from {part}") from e
+                        break
+            except (OSError, http.client.HTTPException):  # a dropped connection: reset, IncompleteRead
+                pass
         bar.update(0, final=True)
+    if f.size is not None and bar.done > f.size:
+        part.unlink()
+        raise FetchError(f"{url} sends more than the expected {f.size} bytes; nothing was kept")
+    if sent is not None and bar.done < sent:
+        raise FetchError(f"{url}: interrupted after {bar.done} of {sent} bytes; run the command again to resume "
+                         f"from {part}")
 
 
 def fetch_one(t: Target, base_url: str | None) -> None:
