@@ -58,10 +58,14 @@ def comfy(tmp_path):
 def test_places_every_file_where_the_loaders_find_it(comfy, monkeypatch, caplog):
     from conftest import import_pack, setup_comfyui
 
-    setup_comfyui()
+    comfy_root = setup_comfyui()
     import_pack()
     import folder_paths
-    from utils.extra_config import load_extra_path_config
+
+    # ComfyUI's own reader, by path (another top-level "utils" module may be imported in this process)
+    reader = importlib.util.spec_from_file_location("comfy_extra_config", comfy_root / "utils" / "extra_config.py")
+    extra_config = importlib.util.module_from_spec(reader)
+    reader.loader.exec_module(extra_config)
 
     data, files = stand_ins()
     with serving(data) as (url, log), caplog.at_level(logging.INFO):
@@ -78,7 +82,7 @@ def test_places_every_file_where_the_loaders_find_it(comfy, monkeypatch, caplog)
             folder_paths.folder_names_and_paths.pop(key, None)
         for key in ("clip_vision", "text_encoders"):
             folder_paths.folder_names_and_paths[key] = ([os.path.join(models, key)], set(folder_paths.supported_pt_extensions))
-        load_extra_path_config(str(comfy / "extra_model_paths.yaml"))
+        extra_config.load_extra_path_config(str(comfy / "extra_model_paths.yaml"))
         from comfyui_pulid_flux.nodes import paths
 
         paths.register()
