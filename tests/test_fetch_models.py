@@ -269,3 +269,21 @@ def test_antelopev2_found_in_forgiving_layouts(pack_folders, tmp_path, caplog, l
         assert pack_folders.insightface_pack_dirs()["antelopev2"] == str(folder)
         pack_folders.insightface_pack_dirs()
     assert caplog.text.count(f"using the insightface models found in {folder}") == 1
+
+
+def test_table_and_fetcher_import_only_the_standard_library():
+    """install.py loads them by path before / without ComfyUI: no comfy, folder_paths, torch, or pack import."""
+    import ast
+
+    for path in (ROOT / "nodes" / "model_files.py", ROOT / "fetch_models.py", ROOT / "install.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path.name}: relative import"
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in ("yaml", "torch"), f"{path.name} imports {name}"
