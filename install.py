@@ -9,6 +9,13 @@ than torch's cannot load its CUDA provider.
     python install.py                        report only: logs the exact pip commands that would fix it
     python install.py --repair-onnxruntime   run those pip commands (the only mode that changes packages)
     python install.py --repair-onnxruntime --gpu   also switch a CPU-only onnxruntime to onnxruntime-gpu
+    python install.py --models [--accept-insightface-licence]   fetch the model files (fetch_models.py)
+
+`--models` fetches PuLID, EVA-CLIP, antelopev2 and facexlib into the folders the loaders read (ComfyUI's
+models/ and its extra_model_paths.yaml), each checked by size and sha256 before it is put in place. Options:
+--comfyui DIR / --models-dir DIR, --only GROUP [--folder DIR], --dry-run, --base-url URL (a mirror holding the
+files by name; for a proxy set HTTPS_PROXY). The insightface models are for non-commercial research only:
+they are fetched only with --accept-insightface-licence.
 
 Run it with ComfyUI's own Python (`python_embeded\\python.exe` on the Windows portable build). The face
 models run once per reference image, so the CPU runtime is fine too.
@@ -17,6 +24,7 @@ models run once per reference image, so the CPU runtime is fine too.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import shlex
 import subprocess
@@ -113,8 +121,56 @@ def report(steps: list[Step], warnings: list[str], python: str, mode: str) -> li
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def _fetch_models():
+    spec = importlib.util.spec_from_file_location("pulid_flux_fetch_models", Path(__file__).absolute().parent
+                                                  / "fetch_models.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def models(a, files=None) -> int:
+    """``--models``: fetch (or with --dry-run, list) the model files; ``files`` overrides the table (tests)."""
+    fm = _fetch_models()
+    table = fm.load_table()
+    files = files if files is not None else table.FILES
+    if a.only:
+        files = [f for f in files if f.group in a.only]
+    root = fm.comfyui_root(a.comfyui)
+    yaml_files = [Path(p) for p in a.extra_model_paths_config]
+    if root is not None and (root / "extra_model_paths.yaml").is_file():
+        yaml_files.insert(0, root / "extra_model_paths.yaml")
+    try:
+        return fm.run(files, root=root, models_dir=Path(a.models_dir).absolute() if a.models_dir else None,
+                      folder=Path(a.folder).absolute() if a.folder else None, yaml_files=yaml_files,
+                      base_url=a.base_url, dry_run=a.dry_run, accept_non_commercial=a.accept_insightface_licence,
+                      accept_flag=table.ACCEPT_FLAG)
+    except fm.FetchError as e:
+        log.error("%s", e)
+        return 1
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model files (--models)")
+    g.add_argument("--models", action="store_true", help="fetch the model files (nothing else is changed)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--comfyui", metavar="DIR", help="ComfyUI folder (default: the one this pack is in)")
+    where.add_argument("--models-dir", metavar="DIR", help="a models folder (files go to DIR/pulid, ...)")
+    g.add_argument("--extra-model-paths-config", metavar="YAML", action="append", default=[],
+                   help="also read this extra_model_paths.yaml (as ComfyUI's option of that name)")
+    g.add_argument("--only", action="append", choices=["pulid", "eva_clip", "insightface", "facexlib"],
+                   help="fetch only this group (repeatable)")
+    g.add_argument("--folder", metavar="DIR", help="with one --only: put the files exactly in DIR")
+    g.add_argument("--dry-run", action="store_true", help="print what would be fetched where; change nothing")
+    g.add_argument("--base-url", metavar="URL", help="fetch <URL>/<file name> instead (a mirror)")
+    g.add_argument("--accept-insightface-licence", action="store_true",
+                   help="fetch the insightface antelopev2 files: non-commercial research use only")
+
+
+def main(argv: list[str] | None = None, files=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(p)
     p.add_argument(REPAIR_FLAG, dest="repair", action="store_true",
                    help="run the pip commands that restore onnxruntime-gpu (otherwise they are only logged)")
     kind = p.add_mutually_exclusive_group()
@@ -122,14 +178,21 @@ def main(argv: list[str] | None = None) -> int:
                       help="want onnxruntime-gpu even if only the CPU build is installed")
     kind.add_argument("--cpu", action="store_const", dest="mode", const="cpu", help="keep the CPU build")
     a = p.parse_args(argv)
+    if a.folder and len(a.only or []) != 1:
+        p.error("--folder needs exactly one --only GROUP")
     mode = a.mode or "auto"
     logging.basicConfig(level=logging.INFO, format="[PuLID-Flux] %(message)s")
+    if a.models:
+        return models(a, files)
     cuda, available = _torch_cuda()
     steps, warnings = plan(_installed(CPU), _installed(GPU), cuda, mode)
     if not a.repair:
         for line in report(steps, warnings, sys.executable, mode):
             (log.warning if line.startswith(("warning", "onnxruntime-gpu needs")) else log.info)(line)
-        if not steps and available and _installed(GPU) is None:
+        if _installed(CPU) is None and _installed(GPU) is None:
+            log.warning("onnxruntime is not installed: insightface cannot run. Install it with: %s",
+                        shlex.join([sys.executable, "-m", "pip", "install", CPU]))
+        elif not steps and available and _installed(GPU) is None:
             log.info("insightface runs on the CPU (fine: once per reference image). For the GPU: "
                      "%s", shlex.join([sys.executable, SCRIPT, REPAIR_FLAG, "--gpu"]))
         return 0

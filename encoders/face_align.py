@@ -2,7 +2,9 @@
 
 The alignment is that of facexlib's ``FaceRestoreHelper`` as the official code calls it
 (``get_face_landmarks_5(only_center_face=True)`` + ``align_warp_face``): RetinaFace at threshold 0.97, the
-face closest to the image centre, LMEDS similarity onto the FFHQ-512 template, constant gray border.
+face closest to the image centre, LMEDS similarity onto the FFHQ-512 template, constant gray border. Given
+insightface's faces, it aligns facexlib's detection of the chosen one instead, so that ArcFace and EVA-CLIP
+see the same person (the official centre face can be another person in a group photo).
 ParseNet, which that helper also loads but PuLID never uses, is not needed.
 """
 
@@ -62,19 +64,24 @@ class FaceAligner:
                                     "retinaface_resnet50", half=False, device=self.device, model_rootpath=self.folder)
         return self._detector
 
-    def detect_landmarks(self, bgr: np.ndarray) -> np.ndarray | None:
-        """facexlib's choice: faces at confidence >= 0.97, the one whose bbox centre is nearest the image centre.
+    def detect_landmarks(self, bgr: np.ndarray, boxes: np.ndarray | None = None, chosen: int = 0) -> np.ndarray | None:
+        """5 landmarks (5, 2) in image pixels of one of facexlib's faces (confidence >= 0.97), or None.
 
-        Returns its 5 landmarks (5, 2) in image pixels, or None when no face passes the threshold.
+        Without ``boxes``: the face whose bbox centre is nearest the image centre (official). With ``boxes``
+        (insightface's faces, (n, 4) x1 y1 x2 y2): facexlib's detection of ``boxes[chosen]``, i.e. whose
+        centre lies in that box and is nearer its centre than any other box's; None when there is none.
         """
-        from facexlib.utils.face_restoration_helper import get_center_face
-
         with torch.no_grad():
             dets = np.asarray(self.detector.detect_faces(bgr, FACEXLIB_DET_THRESHOLD))  # (n, 15): box, score, 5 pts
         if dets.ndim != 2 or dets.shape[0] == 0:
             return None
-        h, w = bgr.shape[:2]
-        _, idx = get_center_face([d[0:5] for d in dets], h, w)
+        if boxes is None:
+            from facexlib.utils.face_restoration_helper import get_center_face
+
+            h, w = bgr.shape[:2]
+            idx = get_center_face([d[0:5] for d in dets], h, w)[1]
+        elif (idx := match_box(dets[:, :4], np.asarray(boxes, np.float64).reshape(-1, 4), chosen)) is None:
+            return None
         return np.asarray(dets[idx, 5:15], np.float64).reshape(5, 2)
 
     @staticmethod
@@ -97,6 +104,18 @@ class FaceAligner:
         with torch.no_grad():
             logits = self.parser((x - mean) / std)[0]  # (1, 19, 512, 512) main head
         return logits.argmax(dim=1)[0].cpu()  # (512, 512)
+
+
+def match_box(dets: np.ndarray, boxes: np.ndarray, chosen: int) -> int | None:
+    """Index of the detection (rows x1 y1 x2 y2) of the face ``boxes[chosen]``: its centre inside that box and
+    nearer the box's centre than to any other box's centre (the nearest such one); None when none is."""
+    centres = (dets[:, :2] + dets[:, 2:4]) / 2  # (n, 2)
+    box_centres = (boxes[:, :2] + boxes[:, 2:4]) / 2  # (m, 2)
+    dist = np.linalg.norm(centres[:, None, :] - box_centres[None, :, :], axis=-1)  # (n, m)
+    x1, y1, x2, y2 = boxes[chosen]
+    inside = (centres[:, 0] >= x1) & (centres[:, 0] <= x2) & (centres[:, 1] >= y1) & (centres[:, 1] <= y2)
+    ok = inside & (dist.argmin(axis=1) == chosen)
+    return int(np.where(ok)[0][dist[ok, chosen].argmin()]) if ok.any() else None
 
 
 def load_face_aligner(

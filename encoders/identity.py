@@ -2,7 +2,7 @@
 
 Per image, in the official order (pipeline_flux.py PuLIDPipeline.get_id_embedding): RGB uint8, long side
 <= 1024 -> BGR -> insightface faces (rule-chosen face, raw ArcFace embedding) and facexlib alignment
-(512 FFHQ crop) -> BiSeNet parsing -> white background, gray face -> resize + normalise -> EVA tower
+(512 FFHQ crop of facexlib's detection of that same face) -> BiSeNet parsing -> white background, gray face -> resize + normalise -> EVA tower
 (pooled, hidden taps). ArcFace falls back to the aligned crop when insightface finds no face.
 """
 
@@ -22,7 +22,7 @@ from .image import prepare_images
 
 log = logging.getLogger(__name__)
 
-ALIGN_SOURCES = ("facexlib", "insightface")  # facexlib = official (centre face); insightface = its chosen face
+ALIGN_SOURCES = ("facexlib", "insightface")  # landmarks of the chosen face: facexlib's (official) or insightface's
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,16 @@ def _prepare_face(rgb: np.ndarray, index: int, face_analyzer, aligner, face_rule
         landmarks = face.kps
     else:
         used_source = "facexlib"
-        try:
-            landmarks = aligner.detect_landmarks(bgr)
+        try:  # facexlib's own detection of the chosen face (its centre face when insightface found none)
+            landmarks = (aligner.detect_landmarks(bgr) if face is None else
+                         aligner.detect_landmarks(bgr, np.stack([f.bbox for f in faces]), chosen))
         except ModelFilesError as e:
             if face is not None:  # align_source="facexlib" without its detector: the real problem
                 raise
             raise no_face_error(index, f"insightface detected none, and facexlib's detector is unavailable: {e}") from e
         if landmarks is None and face is not None and face.kps is not None:
-            log.warning("PuLID-Flux: facexlib found no face in reference image %d; aligning on insightface's "
-                        "landmarks", index)
+            log.warning("PuLID-Flux: facexlib found no face matching insightface's chosen face %d in reference image "
+                        "%d; aligning on insightface's landmarks of that face", chosen, index)
             landmarks, used_source = face.kps, "insightface"
     if landmarks is None:
         raise no_face_error(index, "neither insightface nor facexlib detected one")

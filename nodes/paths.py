@@ -8,10 +8,16 @@ keeps every path already there, adds the default ``models/<key>`` after them, an
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import folder_paths
+
+from . import model_files
+from .model_files import EVA_CLIP, FACEXLIB, INSIGHTFACE, PULID
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,19 +29,18 @@ class ModelFiles:
     licence: str
 
 
-PULID, EVA_CLIP, INSIGHTFACE, FACEXLIB = "pulid", "eva_clip", "insightface", "facexlib"
 ANTELOPEV2 = "antelopev2"
-MODEL_FILES = {
-    PULID: ModelFiles(("pulid_flux_v0.9.1.safetensors",), (PULID,), "", "https://huggingface.co/guozinan/PuLID",
-                      "Apache-2.0"),
-    EVA_CLIP: ModelFiles(("EVA02_CLIP_L_336_psz14_s6B.pt",), ("clip_vision", "text_encoders"), "",
-                         "https://huggingface.co/QuanSun/EVA-CLIP", "MIT"),
-    INSIGHTFACE: ModelFiles(("scrfd_10g_bnkps.onnx", "glintr100.onnx"), (INSIGHTFACE,), f"models/{ANTELOPEV2}",
-                            "https://huggingface.co/DIAMONIK7777/antelopev2",
-                            "insightface model zoo: non-commercial research only"),
-    FACEXLIB: ModelFiles(("parsing_bisenet.pth", "detection_Resnet50_Final.pth"), (FACEXLIB,), "",
-                         "https://github.com/xinntao/facexlib/releases", "MIT"),
-}
+_FOLDERS = {PULID: (PULID,), EVA_CLIP: ("clip_vision", "text_encoders"), INSIGHTFACE: (INSIGHTFACE,),
+            FACEXLIB: (FACEXLIB,)}
+
+
+def _entry(key: str) -> ModelFiles:
+    files = model_files.group(key)
+    sub = files[0].directory.partition("/")[2]  # insightface/models/antelopev2 -> models/antelopev2
+    return ModelFiles(tuple(f.name for f in files), _FOLDERS[key], sub, files[0].source, files[0].licence)
+
+
+MODEL_FILES = {key: _entry(key) for key in model_files.GROUPS}
 _EXTENSIONS = {PULID: set(folder_paths.supported_pt_extensions), INSIGHTFACE: {".onnx"}, FACEXLIB: {".pth"}}
 ID_SUBFOLDER = "pulid_ids"  # saved identities: output/pulid_ids/*.safetensors (also read from input/)
 
@@ -57,8 +62,10 @@ def folders(key: str) -> list[str]:
 
 
 def where_to_get(key: str) -> str:
-    e = MODEL_FILES[key]
-    return f"put {' and '.join(e.files)} ({e.source}, licence: {e.licence}) into {folders(key)[0]}"
+    """Which files, the folder they go in, and the one command that fetches them there."""
+    e, folder = MODEL_FILES[key], folders(key)[0]
+    return (f"put {' and '.join(e.files)} ({e.source}, licence: {e.licence}) into {folder}; the command that "
+            f"fetches and checks them: {model_files.fetch_command(key, folder)}")
 
 
 def missing(key: str, what: str) -> FileNotFoundError:
@@ -81,16 +88,43 @@ def find_file(key: str, name: str) -> str:
     raise missing(key, f"{name!r} is in none of {folders(key)}")
 
 
+def _onnx_names(folder: str) -> set[str]:
+    return {n for n in os.listdir(folder) if n.endswith(".onnx")} if os.path.isdir(folder) else set()
+
+
 def insightface_pack_dirs() -> dict[str, str]:
-    """{pack name: folder} for every ``<insightface path>/models/<pack>/`` holding .onnx files (first wins)."""
+    """{pack name: folder} for every ``<insightface path>/models/<pack>/`` holding .onnx files (first wins).
+
+    Forgiving: ``<pack>/<pack>/`` (a zip extracted one level too deep) is used for ``<pack>``, and
+    antelopev2's two files lying directly in ``<insightface path>/models/`` or ``<insightface path>/``
+    are used as ``antelopev2``; each such place is logged once.
+    """
     found: dict[str, str] = {}
+    wanted = set(MODEL_FILES[INSIGHTFACE].files)
     for root in folder_paths.get_folder_paths(INSIGHTFACE):
         packs = os.path.join(root, "models")  # insightface's FaceAnalysis(root=R) reads R/models/<pack>/
         for name in sorted(os.listdir(packs)) if os.path.isdir(packs) else []:
             d = os.path.join(packs, name)
-            if name not in found and os.path.isdir(d) and any(f.endswith(".onnx") for f in os.listdir(d)):
+            if name in found or not os.path.isdir(d):
+                continue
+            if _onnx_names(d):
                 found[name] = d
+            elif _onnx_names(os.path.join(d, name)):
+                found[name] = _noted(os.path.join(d, name), f"nested folder (expected the files in {d})")
+        for loose in (packs, root):
+            if ANTELOPEV2 not in found and wanted <= _onnx_names(loose):
+                found[ANTELOPEV2] = _noted(loose, f"files not in {os.path.join(packs, ANTELOPEV2)}")
     return found
+
+
+_noted_dirs: set[str] = set()
+
+
+def _noted(folder: str, why: str) -> str:
+    if folder not in _noted_dirs:
+        _noted_dirs.add(folder)
+        log.info("PuLID-Flux: using the insightface models found in %s (%s)", folder, why)
+    return folder
 
 
 def id_dirs() -> list[tuple[str, str]]:

@@ -140,7 +140,7 @@ def test_image_without_face_is_an_actionable_error(e2e):
 def test_missing_model_file_names_file_and_source(e2e):
     api = _set(_fast(e2e.api("pulid_flux_basic")), "PuLIDFluxID_FaceAnalysisLoader", model_pack=INCOMPLETE_PACK)
     _expect_error(e2e, api, "PuLIDFluxID_FaceAnalysisLoader", "glintr100.onnx", INCOMPLETE_PACK,
-                  "huggingface.co/DIAMONIK7777/antelopev2")
+                  "huggingface.co/DIAMONIK7777/antelopev2", "install.py --models --only insightface --folder ")
 
 
 def test_wrong_checkpoint_names_the_right_file(e2e):

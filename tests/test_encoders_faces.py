@@ -87,23 +87,61 @@ def test_several_faces_rule_applied_and_logged(models, caplog):
         encode_identity(as_image(img), **models.kwargs(face_index=5))
 
 
+# Two people: DIM on the left is the official centre face (nearest the image centre), BRIGHT on the right is
+# the largest (the tiny detector's box grows with brightness). Expected picks follow from the blobs alone.
+DIM, BRIGHT = (96, 224, 32, 200), (544, 96, 32, 250)
+PICKS = {("largest", 0): BRIGHT, ("largest", 1): DIM, ("left_to_right", 0): DIM, ("left_to_right", 1): BRIGHT}
+
+
+def _blob_row(dets, blob):
+    """The facexlib-format detection of a blob (its box holds the blob's centre)."""
+    cx, cy = blob[0] + blob[2] / 2, blob[1] + blob[2] / 2
+    rows = [d for d in dets if d[0] <= cx <= d[2] and d[1] <= cy <= d[3]]
+    assert len(rows) == 1
+    return rows[0]
+
+
 @pytest.mark.parametrize("source", ["facexlib", "insightface"])
-def test_alignment_source(models, source):
-    """facexlib = official (its own detector, centre face); insightface = the landmarks of the chosen face."""
-    img = face_image(blobs=(CENTRE, RIGHT))  # largest (RIGHT) is not the centre face (CENTRE)
-    res = encode_identity(as_image(img), **models.kwargs(align_source=source))
+@pytest.mark.parametrize("rule_index", list(PICKS), ids=[f"{r}-{i}" for r, i in PICKS])
+def test_both_encoders_see_the_chosen_face(models, monkeypatch, source, rule_index):
+    """ArcFace and the aligned, parsed face for EVA-CLIP come from the face face_rule / face_index chose,
+    whatever the alignment source (the official facexlib path alone would take DIM, the centre face)."""
+    rule, index = rule_index
+    img = face_image(blobs=(DIM, BRIGHT))
     b = bgr(img)
+    aligned_seen = []
+    real_align = models.aligner.align
+    monkeypatch.setattr(models.aligner, "align", lambda im, lmk: aligned_seen.append(real_align(im, lmk))
+                        or aligned_seen[-1])
+    res = encode_identity(as_image(img), **models.kwargs(face_rule=rule, face_index=index, align_source=source))
+    want = PICKS[rule_index]
+    # ArcFace: the embedding of insightface's face at the chosen blob
+    faces = models.analyzer.detect(b)
+    at_blob = _blob_row(np.array([list(f.bbox) + [f.embedding] for f in faces], dtype=object), want)
+    np.testing.assert_array_equal(res.arcface[0].numpy(), at_blob[4])
+    # EVA-CLIP: the aligned crop shows the chosen blob (its brightness; the other person is out of view)...
+    (aligned,) = aligned_seen
+    assert aligned.max() == want[3]
+    # ... and is exactly the alignment on the chosen blob's landmarks from the requested source
     if source == "facexlib":
-        dets = blob_detections(b)
-        centre = np.argmin([abs((d[0] + d[2]) / 2 - 320) + abs((d[1] + d[3]) / 2 - 240) for d in dets])
-        landmarks = dets[centre, 5:15].reshape(5, 2)
+        landmarks = _blob_row(blob_detections(b), want)[5:15].reshape(5, 2)
     else:
-        faces = models.analyzer.detect(b)
-        landmarks = faces[choose_face(faces)].kps
-    aligned = models.aligner.align(b, landmarks)
-    expected = face_features_image(aligned, models.aligner.parse(aligned))[0].permute(1, 2, 0)
-    assert torch.equal(res.faces[0], expected)
-    assert res.info[0].align_source == source
+        landmarks = next(f.kps for f in faces if np.array_equal(f.embedding, at_blob[4]))
+    expected = face_features_image(real_align(b, landmarks), models.aligner.parse(real_align(b, landmarks)))
+    assert torch.equal(res.faces[0], expected[0].permute(1, 2, 0))
+    assert res.info[0].align_source == source and res.info[0].num_faces == 2
+
+
+def test_facexlib_missing_the_chosen_face_is_said_not_swapped(models, monkeypatch, caplog):
+    """facexlib sees only the OTHER person: no silent swap; insightface's landmarks of the chosen face, logged."""
+    img = face_image(blobs=(DIM, BRIGHT))
+    only_dim = _blob_row(blob_detections(bgr(img)), DIM)[None]
+    monkeypatch.setattr(models.aligner.detector, "detect_faces", lambda im, thr=0.8, **_: only_dim)
+    with caplog.at_level(logging.WARNING):
+        res = encode_identity(as_image(img), **models.kwargs(face_rule="largest", face_index=0))
+    assert res.info[0].align_source == "insightface"
+    assert "no face matching insightface's chosen face" in caplog.text
+    assert res.info[0].bbox[0] > 320  # BRIGHT, the chosen one
 
 
 def test_arcface_fallback_on_the_aligned_crop(models, caplog):

@@ -94,3 +94,14 @@ def test_healthy_or_cpu_only_venv_reports_nothing_to_fix(monkeypatch, caplog):
     caplog.set_level("INFO", logger="PuLID-Flux install")
     assert install.main([]) == 0 and install.main([install.REPAIR_FLAG]) == 0
     assert "needs a repair" not in caplog.text
+
+
+@pytest.mark.parametrize("cuda", [(None, False), ("12.8", True)], ids=["cpu-torch", "cuda-torch"])
+def test_missing_onnxruntime_is_reported_never_called_fine(monkeypatch, caplog, cuda):
+    monkeypatch.setattr(install, "_installed", {}.get)  # neither onnxruntime nor onnxruntime-gpu
+    monkeypatch.setattr(install, "_torch_cuda", lambda: cuda)
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
+    caplog.set_level("INFO", logger="PuLID-Flux install")
+    assert install.main([]) == 0
+    assert "onnxruntime is not installed: insightface cannot run" in caplog.text
+    assert f"{sys.executable} -m pip install onnxruntime" in caplog.text and "fine" not in caplog.text
