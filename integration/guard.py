@@ -14,7 +14,6 @@ import math
 import comfy.ldm.chroma.model
 import comfy.ldm.flux.model
 import comfy.model_base
-import torch
 from torch import Tensor
 
 from ..pulid.config import CALayout, ca_layout
@@ -82,13 +81,7 @@ def check_embedding(embedding, pulid_model: PulidFluxModel, uncond_mode: str):
             f"the ID embedding has id_dim {tokens.shape[-1]} but this PuLID model expects {pulid_model.id_dim}: "
             f"the identity was encoded with a different PuLID model; encode it again with this one"
         )
-    uncond = embedding.uncond
-    for name, t in (("tokens", tokens), ("uncond ID", uncond)):
-        if isinstance(t, Tensor) and not bool(torch.isfinite(t).all()):
-            raise ValueError(
-                f"the identity's {name} hold NaN or infinite values (a damaged or hand-edited ID file, or an "
-                f"overflowing fusion); encode the identity again or load another ID file"
-            )
+    uncond = embedding.uncond  # finiteness: checked where the tables are made (pulid/fold.py prepare_id)
     if uncond_mode == "uncond_id" and uncond is None:
         raise ValueError(
             "uncond_mode 'uncond_id' needs the embedding's uncond ID (IDFormer on zeros), which this embedding "
