@@ -1,11 +1,5 @@
-"""Input validation for apply_pulid_flux: which MODELs, PuLID models, embeddings and weights PuLID-Flux accepts.
-
-Accepted: Flux.1 (comfy.ldm.flux.model.Flux without global modulation) and Chroma (comfy.ldm.chroma.model.Chroma),
-which dispatch the same ("double_block", i) / ("single_block", i) replacements over the same token layout.
-Flux 2 / Klein, LongCat-Image, Ovis, Chroma Radiance and anything else are refused. The CA count must follow
-the official "+1" rule of the model's own depths, so tiny test models pass with tiny PuLID models and the
-real 19/38 needs exactly 20 CAs. Models are recognised with isinstance on comfy.model_base and the diffusion-model classes.
-"""
+"""Input checks of apply_pulid_flux. Accepted: Flux.1 and Chroma (isinstance on comfy.model_base and the diffusion
+model classes) whose depths give the PuLID model's CA count (docs/design.md, "Accepted models")."""
 
 from __future__ import annotations
 

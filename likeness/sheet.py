@@ -1,10 +1,5 @@
-"""Weight-sweep pictures (PIL only): a contact sheet with a caption under every tile, and a chart of
-likeness against weight (one line per start step). Pure numpy / PIL; never imports ComfyUI or ``pulid``.
-
-Geometry (fixed, so callers and tests know the sizes): tiles keep the images' aspect, scaled down so the
-long side is at most ``TILE_MAX``; each tile has a ``CAPTION_H`` band under it; tiles sit ``GAP`` apart
-with a ``GAP`` margin. The chart is ``CHART_SIZE``.
-"""
+"""Weight-sweep pictures (numpy / PIL): a contact sheet, a caption band under every tile, and a chart of likeness
+against weight, one line per start step. Sizes are the constants below (docs/design.md, "Likeness")."""
 
 from __future__ import annotations
 

@@ -1,17 +1,5 @@
-"""Face similarity (likeness): cosine between ArcFace embeddings, as the PuLID paper measures ID similarity.
-
-* ``reference_embeddings(analyzer, images)``: the raw ArcFace embedding of the largest face of every
-  reference image (the face Encode uses by default); a reference without a face is an error naming it.
-* ``score_images(analyzer, images, references, mode)``: per generated image, every detected face gets the
-  cosine against the references, reduced over references by ``mode``: ``mean`` (mean of the cosines),
-  ``max`` (the best-matching reference) or ``per_item`` (generated image i against reference i; one
-  reference serves every image). The image's similarity is its best-matching face's.
-  An image without a detected face gets ``NO_FACE_SCORE`` (0.0: wireable, plots on a chart, sorts as "no
-  likeness") and ``ImageScore.chosen is None``; the caller warns. Never raises for a face-free image.
-* ``annotate(rgb, score)``: every face boxed with its score, the chosen one marked (PIL).
-
-Pure numpy / PIL; never imports ComfyUI or ``pulid``.
-"""
+"""Face similarity: the cosine between ArcFace embeddings, as the PuLID paper measures ID similarity (per image,
+the best-matching face; no face scores NO_FACE_SCORE and never raises). numpy / PIL; docs/design.md, "Likeness"."""
 
 from __future__ import annotations
 
