@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import PerceiverAttentionCA
-from .config import FLUX_DEV
+from .config import FLUX_DEV, PulidFluxConfig
 from .encoder import IDFormer
 
 ENCODER_PREFIX = "pulid_encoder."
@@ -44,6 +44,16 @@ class PulidFluxModel(nn.Module):
     def hidden_size(self) -> int:
         """The Flux hidden size the CA modules attend from."""
         return self.ca_args["dim"]
+
+    @classmethod
+    def from_config(cls, config: PulidFluxConfig = FLUX_DEV, operations=None, device=None, dtype=None):
+        """The architecture of `config` (device='meta' builds the full one for free)."""
+        enc = dict(dim=config.encoder_dim, depth=config.encoder_depth, dim_head=config.encoder_dim_head,
+                   heads=config.encoder_heads, num_id_token=config.num_id_token, num_queries=config.num_id_queries,
+                   output_dim=config.id_dim, ff_mult=config.ff_mult, id_in_dim=config.id_in_dim,
+                   vit_dim=config.vit_width, mapping_hidden=config.mapping_hidden, num_vit_taps=config.num_vit_taps)
+        ca = dict(dim=config.flux_hidden, dim_head=config.ca_dim_head, heads=config.ca_heads, kv_dim=config.id_dim)
+        return cls(enc, ca, config.num_ca, operations=operations, device=device, dtype=dtype)
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], source: str, *, dtype=None, device=None,

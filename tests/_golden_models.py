@@ -9,7 +9,6 @@ from conftest import import_pack
 import_pack()
 from comfyui_pulid_flux.pulid.attention import PerceiverAttentionCA  # noqa: E402
 from comfyui_pulid_flux.pulid.encoder import IDFormer  # noqa: E402
-from comfyui_pulid_flux.pulid.model import PulidFluxModel  # noqa: E402
 
 
 def build_idformer(g, dtype=torch.float32) -> IDFormer:
@@ -45,12 +44,3 @@ def ca_forward(ca: PerceiverAttentionCA, ids: torch.Tensor, img: torch.Tensor) -
     k, v = (split(t).expand(q.shape[0], -1, -1, -1) for t in ca.to_kv(ca.norm1(ids)).chunk(2, dim=-1))
     return ca.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
 
-
-def model_from_config(config, device=None) -> PulidFluxModel:
-    """The PulidFluxModel architecture of a PulidFluxConfig (device='meta' builds the full one for free)."""
-    enc = dict(dim=config.encoder_dim, depth=config.encoder_depth, dim_head=config.encoder_dim_head,
-               heads=config.encoder_heads, num_id_token=config.num_id_token, num_queries=config.num_id_queries,
-               output_dim=config.id_dim, ff_mult=config.ff_mult, id_in_dim=config.id_in_dim,
-               vit_dim=config.vit_width, mapping_hidden=config.mapping_hidden, num_vit_taps=config.num_vit_taps)
-    ca = dict(dim=config.flux_hidden, dim_head=config.ca_dim_head, heads=config.ca_heads, kv_dim=config.id_dim)
-    return PulidFluxModel(enc, ca, config.num_ca, device=device)

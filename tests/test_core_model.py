@@ -11,7 +11,6 @@ import torch
 from conftest import GOLDEN_DIR, import_pack, setup_comfyui
 
 import_pack()
-from _golden_models import model_from_config  # noqa: E402
 from _writers import load_pulid, save_pulid_file  # noqa: E402
 
 from comfyui_pulid_flux.pulid.config import FLUX_DEV, PulidFluxConfig, ca_layout  # noqa: E402
@@ -51,7 +50,7 @@ def test_layout_rejects_nonsense():
 
 def test_full_size_model_on_meta_matches_official_key_list():
     expected = json.loads((GOLDEN_DIR / "pulid_flux_v0.9.1.keys.json").read_text())
-    model = model_from_config(FLUX_DEV, device="meta")
+    model = PulidFluxModel.from_config(FLUX_DEV, device="meta")
     got = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert got == expected
     assert all(p.device.type == "meta" for p in model.parameters())  # no 1 GB allocation
@@ -59,7 +58,7 @@ def test_full_size_model_on_meta_matches_official_key_list():
 
 def _tiny_model(dtype=torch.float32, seed=0) -> PulidFluxModel:
     torch.manual_seed(seed)
-    model = model_from_config(TINY)
+    model = PulidFluxModel.from_config(TINY)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from _golden_models import ca_forward, model_from_config
+from _golden_models import ca_forward
 from conftest import bf16_bound, import_pack, rel_l2
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -125,7 +125,7 @@ def test_the_cheaper_form_is_chosen_from_t_134_at_full_size():
     """At full size (20 CAs, width 3072, 16 x 128 heads) the unfolded form is cheaper from 134 ID tokens on
     (docs/design.md, "Folding"): one reference is folded, five concatenated ones are not."""
     with torch.device("meta"):
-        full = model_from_config(FLUX_DEV)
+        full = PulidFluxModel.from_config(FLUX_DEV)
     ca = full.pulid_ca[0]
     inner = ca.heads * ca.dim_head
     edge = ca.dim * inner / (ca.dim * ca.heads - inner)  # 2·dim·H·T = 2·dim·inner + 2·inner·T
