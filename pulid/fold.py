@@ -1,12 +1,6 @@
 """ID tables: the ID cross-attentions (CAs) of one identity, prepared once, as the module sampling hands to ComfyUI.
-
-FoldedID computes each CA as softmax(x̂ A + b) C from tables folded out of the CA weights and the ID tokens;
-ReferenceID runs the CA's own projections with the ID keys/values precomputed (the unfolded form).
-`prepare_id` picks the cheaper one (`cost`). Derivations: docs/design.md, "Folding".
-
-Entries 0..N-1 of a table are the cond identities, entry N the uncond ID when asked for; shorter entries are
-padded with -inf logits (zero attention).
-"""
+FoldedID: softmax(x̂ A + b) C from tables folded out of the CA weights and the ID tokens; ReferenceID: the
+unfolded form. Entries 0..N-1 are the cond identities, entry N the uncond ID (docs/design.md, "Folding")."""
 
 from __future__ import annotations
 
@@ -70,7 +64,6 @@ def fold_ca(ca: PerceiverAttentionCA, ids: Tensor) -> tuple[Tensor, Tensor, Tens
     k, v = project_id(ca, ids)
     wq = _fp32(ca.to_q.weight, dev).view(ca.heads, ca.dim_head, ca.dim)  # (H, d, dim)
     kq = torch.einsum("nhtd,hdc->nhtc", k, wq) * ca.dim_head ** -0.5  # (N, H, T, dim) = (Wq_hᵀ k_hᵀ)ᵀ / √d
-    del wq
     a = (kq * _fp32(ca.norm2.weight, dev, 1.0, ca.dim)).permute(0, 3, 1, 2)  # (N, dim, H, T)
     b = kq @ _fp32(ca.norm2.bias, dev, 0.0, ca.dim)  # (N, H, T)
     c = torch.einsum("nhtd,chd->nhtc", v, _fp32(ca.to_out.weight, dev).view(ca.dim, ca.heads, ca.dim_head))
@@ -89,18 +82,14 @@ class _IDTable(nn.Module):
 
     def __init__(self, dtype: torch.dtype, lead: Tensor):
         super().__init__()
-        self.store_dtype, self.entries = dtype, lead.shape[1]
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.store_dtype
+        self.compute_dtype, self.entries = dtype, lead.shape[1]
 
     @property
     def weight_device(self) -> torch.device:
         return getattr(self, self.LEAD).device
 
     def _at(self, t: Tensor, like: Tensor) -> Tensor:
-        return t.to(device=like.device, dtype=self.store_dtype, non_blocking=True)
+        return t.to(device=like.device, dtype=self.compute_dtype, non_blocking=True)
 
 
 def _params(*tensors: Tensor):
