@@ -134,10 +134,6 @@ class FoldedID(_IDTable):
         b = self.b.float()
         return bool(self.a.isfinite().all() and self.c.isfinite().all() and not (b.isnan() | (b == float("inf"))).any())
 
-    def fits(self) -> tuple[int, int, int]:
-        """(CA count, width, heads) the table was made for."""
-        return self.a.shape[0], self.a.shape[2], self.heads
-
     def residual(self, ca_index: int, img: Tensor, select: Tensor | None) -> Tensor:
         """The CA output for image tokens img (rows, L, dim), in the table's dtype; select (rows,) picks each
         row's entry (None: entry 0 for every row). The logits are computed in float32."""
@@ -177,9 +173,6 @@ class ReferenceID(_IDTable):
 
     def finite(self) -> bool:
         return bool(self.k.isfinite().all() and self.v.isfinite().all())
-
-    def fits(self) -> tuple[int, int, int]:
-        return len(self.cas), self.cas[0][0].normalized_shape[0], self.k.shape[2]
 
     def residual(self, ca_index: int, img: Tensor, select: Tensor | None) -> Tensor:
         norm, to_q, to_out = self.cas[ca_index]
