@@ -9,16 +9,7 @@ import torch.nn.functional as F
 
 # BiSeNet (CelebAMask-HQ order) labels turned white, the official bg_label list. Everything else (skin,
 # brows, eyes, glasses, nose, mouth, lips, hair) is kept.
-BG_LABELS = (
-    0,  # background
-    16,  # cloth
-    18,  # hat
-    7,  # l_ear
-    8,  # r_ear
-    9,  # ear_r (earring)
-    14,  # neck
-    15,  # neck_l (necklace)
-)
+BG_LABELS = (0, 16, 18, 7, 8, 9, 14, 15)  # background, cloth, hat, l_ear, r_ear, ear_r (earring), neck, neck_l
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # official to_gray: ITU-R 601 luma
 # the EVA tower's image_mean / image_std (eva_clip constants OPENAI_DATASET_MEAN / STD)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -1,11 +1,5 @@
-"""Input validation for apply_pulid_flux: which MODELs, PuLID models, embeddings and weights PuLID-Flux accepts.
-
-Accepted: Flux.1 (comfy.ldm.flux.model.Flux without global modulation) and Chroma (comfy.ldm.chroma.model.Chroma),
-which dispatch the same ("double_block", i) / ("single_block", i) replacements over the same token layout.
-Flux 2 / Klein, LongCat-Image, Ovis, Chroma Radiance and anything else are refused. The CA count must follow
-the official "+1" rule of the model's own depths, so tiny test models pass with tiny PuLID models and the
-real 19/38 needs exactly 20 CAs. Models are recognised with isinstance on comfy.model_base and the diffusion-model classes.
-"""
+"""Input checks of apply_pulid_flux. Accepted: Flux.1 and Chroma (isinstance on comfy.model_base and the diffusion
+model classes) whose depths give the PuLID model's CA count (docs/design.md, "Accepted models")."""
 
 from __future__ import annotations
 
@@ -14,7 +8,6 @@ import math
 import comfy.ldm.chroma.model
 import comfy.ldm.flux.model
 import comfy.model_base
-import torch
 from torch import Tensor
 
 from ..pulid.config import CALayout, ca_layout
@@ -82,13 +75,7 @@ def check_embedding(embedding, pulid_model: PulidFluxModel, uncond_mode: str):
             f"the ID embedding has id_dim {tokens.shape[-1]} but this PuLID model expects {pulid_model.id_dim}: "
             f"the identity was encoded with a different PuLID model; encode it again with this one"
         )
-    uncond = embedding.uncond
-    for name, t in (("tokens", tokens), ("uncond ID", uncond)):
-        if isinstance(t, Tensor) and not bool(torch.isfinite(t).all()):
-            raise ValueError(
-                f"the identity's {name} hold NaN or infinite values (a damaged or hand-edited ID file, or an "
-                f"overflowing fusion); encode the identity again or load another ID file"
-            )
+    uncond = embedding.uncond  # finiteness: checked where the tables are made (pulid/fold.py prepare_id)
     if uncond_mode == "uncond_id" and uncond is None:
         raise ValueError(
             "uncond_mode 'uncond_id' needs the embedding's uncond ID (IDFormer on zeros), which this embedding "

@@ -242,13 +242,13 @@ class _BlockPatch:
 
 # --------------------------------------------------------------------------------------- entry point
 def apply_pulid_flux(model, pulid, identity, *, weight=1.0, start_percent=0.0, end_percent=1.0, start_step=0,
-                     uncond_mode="uncond_id", mask=None, folded=True):
+                     uncond_mode="uncond_id", mask=None, folded=None):
     """Return a clone of the Flux / Chroma MODEL `model` with the PuLID ID cross-attention (never mutates it).
 
     pulid: the PulidFlux handle (`.model`, `.wrap`, `.name`). identity: an IDEmbedding (tokens (N, T, id_dim),
-    uncond (1, T, id_dim)) or a PreparedID of this PuLID model. uncond_mode: what the negative (CFG > 1) rows
+    uncond (1, T, id_dim)). uncond_mode: what the negative (CFG > 1) rows
     get: 'uncond_id' (official), 'none' or 'same'. mask: optional MASK (B, H, W) / (H, W) limiting the ID to a
-    region. folded: the folded ID attention (default) or the CA modules themselves (the reference).
+    region. folded: None picks the cheaper form (pulid.fold.choose_folded); True / False force folded / unfolded.
     weight == 0 returns `model` itself, whatever the other inputs (a weight-0 apply is a bypass, as in the node).
     """
     weight = check_weight(weight)
@@ -259,14 +259,9 @@ def apply_pulid_flux(model, pulid, identity, *, weight=1.0, start_percent=0.0, e
         raise ValueError(f"uncond_mode={uncond_mode!r} must be one of {UNCOND_MODES}")
     pulid_model = check_pulid(pulid)
     layout = check_flux_model(model, pulid_model, getattr(pulid, "name", "the PuLID model"))
-    if isinstance(identity, PreparedID):
-        identity.check_source(pulid)
-        if uncond_mode == "uncond_id" and not identity.with_uncond:
-            raise ValueError("this prepared identity has no uncond ID; choose uncond_mode 'none' or 'same'")
-        prepared = identity
-    else:
-        tokens, uncond = check_embedding(identity, pulid_model, uncond_mode)
-        prepared = prepare_id(pulid, tokens, uncond if uncond_mode == "uncond_id" else None, folded=folded)
+    tokens, uncond = check_embedding(identity, pulid_model, uncond_mode)
+    prepared = prepare_id(pulid, tokens, uncond if uncond_mode == "uncond_id" else None, folded=folded,
+                          device=model.load_device)
     mask = check_mask(mask)
     applied = _AppliedID(prepared=prepared, weight=weight, percents=(start, end), start_step=start_step,
                      uncond_mode=uncond_mode, mask=mask, call_slot=_CallSlot())

@@ -1,11 +1,11 @@
-"""Apply PuLID-Flux: MODEL + PuLID model + ID → a patched MODEL clone (integration/patch.py does the work)."""
+"""Apply PuLID-Flux: MODEL + PuLID model + ID -> a patched MODEL clone (the PuLID handle's `apply`)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..integration.cfg import DEFAULT_CFG_START_STEP, set_cfg_start
-from ..integration.patch import UNCOND_MODES, apply_pulid_flux
+from ..integration.cfg import DEFAULT_CFG_START_STEP
+from ..integration.patch import UNCOND_MODES
 from .types import CATEGORY, Identity, PulidModel
 
 
@@ -60,10 +60,6 @@ class Apply(io.ComfyNode):
     @classmethod
     def execute(cls, model, pulid, identity, weight, start_percent, end_percent, start_step, uncond_mode,
                 attn_mask=None, cfg_start_step=DEFAULT_CFG_START_STEP) -> io.NodeOutput:
-        # weight 0 returns the input MODEL itself (a bypass; integration/patch.py decides, after checking the weight)
-        patched = apply_pulid_flux(model, pulid, identity, weight=weight, start_percent=start_percent,
-                                   end_percent=end_percent, start_step=start_step, uncond_mode=uncond_mode,
-                                   mask=attn_mask)
-        if patched is not model:  # our own clone (weight 0 returns the input MODEL untouched)
-            set_cfg_start(patched, cfg_start_step, (start_percent, end_percent), start_step)
-        return io.NodeOutput(patched)
+        return io.NodeOutput(pulid.apply(model, identity, cfg_start_step, weight=weight, start_percent=start_percent,
+                                         end_percent=end_percent, start_step=start_step, uncond_mode=uncond_mode,
+                                         mask=attn_mask))

@@ -6,8 +6,9 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from ..encoders import sheet
 from ..encoders.image import to_rgb_uint8
+from ..likeness import sheet
+from ..pulid.fusion import parse_numbers
 from .types import CATEGORY
 
 
@@ -41,9 +42,9 @@ class LikenessSheet(io.ComfyNode):
     @classmethod
     def execute(cls, images, similarities, weights, start_steps, columns) -> io.NodeOutput:
         n = images.shape[0]
-        sims = sheet.parse_values(similarities, n, "similarities", broadcast=False)
-        ws = sheet.parse_values(weights, n, "weights")
-        starts = sheet.parse_values(start_steps, n, "start_steps")
+        sims = parse_numbers(similarities, n, "similarities")
+        ws = parse_numbers(weights, n, "weights", broadcast=True)
+        starts = parse_numbers(start_steps, n, "start_steps", broadcast=True)
         rgbs = [to_rgb_uint8(images[i], i) for i in range(n)]
         captions = [(f"weight {w:g}   start {s:g}", f"similarity {v:.3f}") for w, s, v in zip(ws, starts, sims)]
         drawn = sheet.contact_sheet(rgbs, captions, columns)

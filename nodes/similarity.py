@@ -1,4 +1,4 @@
-"""Face similarity (likeness) of generated images against an identity or reference photos (encoders/similarity.py)."""
+"""Face similarity (likeness) of generated images against an identity or reference photos (likeness/similarity.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io, ui
 
-from ..encoders import similarity as sim
 from ..encoders.image import to_rgb_uint8
+from ..likeness import similarity as sim
 from .types import CATEGORY, FaceAnalysis, Identity
 
 log = logging.getLogger(__name__)

@@ -55,12 +55,7 @@ class PulidFluxConfig:
 
 @dataclass(frozen=True)
 class CALayout:
-    """Which Flux block gets which CA module, in the official order.
-
-    The official forward (flux/model.py Flux.forward) keeps one running `ca_idx`: double blocks 0, 2, 4, ...
-    take CA 0, 1, 2, ... and single blocks 0, 4, 8, ... continue the count. Its count
-    `D//2 + S//4 (+1 if D%2) (+1 if S%4)` is ceil(D/2) + ceil(S/4).
-    """
+    """Which Flux block gets which CA, in the official order (docs/design.md, "CA placement")."""
 
     double: dict[int, int]  # double block index -> CA index
     single: dict[int, int]  # single block index -> CA index

@@ -13,13 +13,15 @@ from torch import Tensor
 FORMAT = "pulid-flux-id/1"
 
 
-def _check_finite(name: str, t: Tensor | None) -> None:
-    if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(
-            f"the identity's {name} hold {bad} NaN or infinite value(s) of {t.numel()}: the ID is corrupt and "
-            f"would give a black image; encode the reference images again (and save the new ID)"
-        )
+def check_finite(name: str, t: Tensor | None, dtype: torch.dtype | None = None) -> None:
+    """Refuse NaN / inf in `t`, or values that overflow `dtype`, the dtype `t` is used in."""
+    if t is None or not t.is_floating_point() or bool(torch.isfinite(t if dtype is None else t.to(dtype)).all()):
+        return
+    bad = int((~torch.isfinite(t)).sum())
+    what = (f"hold {bad} NaN or infinite value(s) of {t.numel()}" if bad else
+            f"reach {float(t.abs().max()):.3g}, which overflows {dtype}")
+    raise ValueError(f"the identity's {name} {what}: the ID is corrupt and would give a black image; encode the "
+                     f"reference images again (and save the new ID)")
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,9 @@ class IDEmbedding:
             )
         if self.arcface is not None and (self.arcface.ndim != 2 or self.arcface.shape[0] < 1):
             raise ValueError(f"reference ArcFace embeddings must be (N_ref, dim), got shape {tuple(self.arcface.shape)}")
-        _check_finite("ID tokens", self.tokens)
-        _check_finite("uncond ID tokens", self.uncond)
-        _check_finite("reference ArcFace embeddings", self.arcface)
+        check_finite("ID tokens", self.tokens)
+        check_finite("uncond ID tokens", self.uncond)
+        check_finite("reference ArcFace embeddings", self.arcface)
 
     @property
     def id_dim(self) -> int:

@@ -86,11 +86,7 @@ class IDFormer(nn.Module):
         return latents[:, :self.num_queries] @ self.proj_out.to(latents)  # (B, 32, output_dim)
 
     def uncond_id(self, num_vit_tokens: int, batch: int = 1) -> Tensor:
-        """The official uncond ID for true CFG: this encoder run on zeros (pipeline_flux.py get_id_embedding).
-
-        Not a zero embedding: biases, LayerNorms and the latents make it non-zero. It depends on
-        the number of ViT tokens (577 for EVA02-L-336), since the zero tokens share the softmax.
-        """
+        """The official uncond ID of true CFG: this encoder on zeros of `num_vit_tokens` ViT tokens (not zero)."""
         p = self.latents
         zeros_cond = torch.zeros(batch, self.id_in_dim, device=p.device, dtype=p.dtype)
         zeros_hidden = [torch.zeros(batch, num_vit_tokens, self.vit_dim, device=p.device, dtype=p.dtype)

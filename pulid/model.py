@@ -1,9 +1,5 @@
-"""The PuLID-Flux model: the IDFormer and the Flux ID cross-attention modules of one checkpoint.
-
-The official file (pulid_flux_v0.9.x.safetensors) holds two prefixes, `pulid_encoder.` (IDFormer) and
-`pulid_ca.` (20 PerceiverAttentionCA). `from_state_dict` reads every size from the shapes, builds the model
-on the meta device and takes the tensors over with a strict key and shape check (no second copy).
-"""
+"""The PuLID-Flux model of one checkpoint: `pulid_encoder.` (IDFormer) and `pulid_ca.` (the Flux ID
+cross-attentions), every size read from the shapes and loaded strictly without a second copy."""
 
 from __future__ import annotations
 

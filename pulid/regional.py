@@ -1,10 +1,5 @@
-"""Regional ID: a ComfyUI MASK turned into one weight per Flux image token.
-
-A Flux image token covers a 2x2 patch of the 8x-downsampled latent, i.e. 16x16 pixels. The mask (any
-resolution) is area-averaged onto the token grid of the current call, so soft edges stay soft and a
-mask drawn on an image of another size still lands on the same relative region. An odd latent side is
-padded by Flux, so its last token covers only one latent pixel of image: the mask maps onto that part.
-"""
+"""Regional ID: a ComfyUI MASK as one weight per Flux image token, area-averaged onto the token grid of the call
+(docs/design.md, "Masks")."""
 
 from __future__ import annotations
 
@@ -41,13 +36,8 @@ def check_mask_batch(mask_batch: int, latent_batch: int) -> None:
 
 def token_weights(mask: Tensor, grid: tuple[int, int], device, dtype,
                   latent: tuple[int, int, int] | None = None) -> Tensor:
-    """(B_m, H, W) mask -> (B_m, h*w, 1) weights in the token order of Flux's patchify (row-major).
-
-    latent: (latent h, latent w, patch) of the call. Flux pads an odd latent side to the patch size, so
-    the last token row (column) then holds one latent pixel of image and one of padding: the mask, which
-    spans the image, is area-averaged onto the latent pixels, and each token averages its image pixels.
-    Without it, the mask is spread over the whole token grid (exact for even latents).
-    """
+    """(B_m, H, W) mask -> (B_m, h*w, 1) weights in Flux's (row-major) token order; latent: (h, w, patch) of the
+    call, so a token of a padded odd side averages its image pixels only (None: the whole grid)."""
     h, w = grid
     if latent is None:
         pooled = F.adaptive_avg_pool2d(mask.unsqueeze(1).float(), (h, w))  # (B_m, 1, h, w)

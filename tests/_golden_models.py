@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from conftest import import_pack
 
 import_pack()
@@ -31,3 +32,15 @@ def build_ca(g, dtype=torch.float32) -> PerceiverAttentionCA:
     m = PerceiverAttentionCA(**c)
     m.load_state_dict(g.weights, strict=True)
     return m.to(dtype).eval()
+
+
+def ca_forward(ca: PerceiverAttentionCA, ids: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+    """The official PerceiverAttentionCA forward (ID tokens (B_id in {1, B}, T, kv_dim), image tokens (B, L, dim))
+    on the module's weights: heads split contiguously, k then v in to_kv, no bias, no mask."""
+    def split(x):
+        return x.view(*x.shape[:2], ca.heads, -1).transpose(1, 2)
+
+    q = split(ca.to_q(ca.norm2(img)))
+    k, v = (split(t).expand(q.shape[0], -1, -1, -1) for t in ca.to_kv(ca.norm1(ids)).chunk(2, dim=-1))
+    return ca.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+

@@ -1,9 +1,9 @@
 """The layout rules of the pack, checked on the source (docs/design.md, "Layers").
 
-* imports flow nodes -> integration -> pulid, encoders; never back; pack-internal imports are relative
+* imports flow nodes -> integration -> pulid, encoders and nodes -> likeness -> encoders; never back; pack-internal imports are relative
   (ComfyUI imports the pack under its folder name and has a top-level `nodes` module of its own);
-* pulid/ and encoders/ import without ComfyUI: no module-level comfy / folder_paths / comfy_api import;
-* heavy optional libraries are imported lazily (inside functions) in encoders/;
+* pulid/, encoders/ and likeness/ import without ComfyUI: no module-level comfy / folder_paths / comfy_api import;
+* heavy optional libraries are imported lazily (inside functions) in encoders/ and likeness/;
 * the Flux model is patched only through ModelPatcher; no "cuda" literal; files stay small.
 """
 
@@ -15,13 +15,14 @@ import re
 import pytest
 from conftest import ROOT
 
-PACKAGES = ("pulid", "encoders", "integration", "nodes")
+PACKAGES = ("pulid", "encoders", "likeness", "integration", "nodes")
 COMFY_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution")
 LAZY_ONLY = ("insightface", "facexlib", "cv2", "open_clip", "timm", "onnxruntime", "onnx", "skimage")
-FORBIDDEN_RELATIVE = {"pulid": ("encoders", "integration", "nodes"), "encoders": ("pulid", "integration", "nodes"),
-                      "integration": ("nodes",), "nodes": ()}
+FORBIDDEN_RELATIVE = {"pulid": ("encoders", "likeness", "integration", "nodes"),
+                      "encoders": ("pulid", "likeness", "integration", "nodes"),
+                      "likeness": ("pulid", "integration", "nodes"), "integration": ("likeness", "nodes"), "nodes": ()}
 FORBIDDEN_ANYWHERE = {"pulid": ("folder_paths", "comfy_api", "numpy", "cv2"),
-                      "encoders": COMFY_MODULES, "integration": ("server", "comfy_api", "folder_paths"),
+                      "encoders": COMFY_MODULES, "likeness": COMFY_MODULES, "integration": ("server", "comfy_api", "folder_paths"),
                       "nodes": ("server",)}
 MAX_LINES = 400
 
@@ -68,9 +69,9 @@ def test_module_rules(path):
             problems.append(f"{pkg}/ must not import {top}/ (imports flow nodes -> pulid, encoders)")
         if level == 0 and top in FORBIDDEN_ANYWHERE[pkg]:
             problems.append(f"{pkg}/ must not import {name!r}")
-        if level == 0 and module_level and pkg in ("pulid", "encoders") and top in COMFY_MODULES:
+        if level == 0 and module_level and pkg in ("pulid", "encoders", "likeness") and top in COMFY_MODULES:
             problems.append(f"module-level import of {name!r}: {pkg}/ must import without ComfyUI")
-        if level == 0 and module_level and pkg == "encoders" and top in LAZY_ONLY:
+        if level == 0 and module_level and pkg in ("encoders", "likeness") and top in LAZY_ONLY:
             problems.append(f"module-level import of heavy optional {name!r}: import it inside the function")
     if re.search(r"forward_orig\s*=|setattr\([^)]*diffusion_model", text):
         problems.append("patches the Flux model directly; patch only through ModelPatcher")
@@ -85,7 +86,7 @@ def test_module_rules(path):
 
 
 def test_core_imports_without_comfyui(tmp_path):
-    """pulid/ and encoders/ load in a fresh interpreter that has no ComfyUI on its path."""
+    """pulid/, encoders/ and likeness/ load in a fresh interpreter that has no ComfyUI on its path."""
     import subprocess
     import sys
 
@@ -94,7 +95,7 @@ def test_core_imports_without_comfyui(tmp_path):
         f"spec = importlib.util.spec_from_file_location('pk', {str(ROOT / '__init__.py')!r}, "
         f"submodule_search_locations=[{str(ROOT)!r}])\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['pk'] = m; spec.loader.exec_module(m)\n"
-        "import pk.pulid, pk.encoders\n"
+        "import pk.pulid, pk.encoders, pk.likeness\n"
         "bad = [n for n in sys.modules if n.split('.')[0] in ('comfy', 'folder_paths', 'comfy_api', 'insightface', "
         "'facexlib', 'cv2', 'open_clip', 'timm', 'onnxruntime')]\n"
         "assert not bad, bad\n"

@@ -225,7 +225,7 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
         if name == "pulid_flux_likeness_sweep":  # the contact sheet of the tiny renders and the chart
             from conftest import import_pack
 
-            chart_w, chart_h = import_pack().encoders.sheet.CHART_SIZE
+            chart_w, chart_h = import_pack().likeness.sheet.CHART_SIZE
             assert shapes.pop("pulid_sweep_chart") == (chart_h, chart_w, 3), f"{where}: {shapes}"
             sheet = shapes.pop("pulid_sweep_sheet")
             assert sheet[0] > TINY and sheet[1] > TINY and not shapes, f"{where}: {sheet}, {shapes}"

@@ -14,7 +14,7 @@ if COMFYUI_ROOT is None:  # nodes/ imports ComfyUI
     pytest.skip(NO_COMFYUI, allow_module_level=True)
 setup_comfyui()
 import_pack()
-from comfyui_pulid_flux.nodes.fusion import (  # noqa: E402
+from comfyui_pulid_flux.pulid.fusion import (  # noqa: E402
     FUSIONS,
     fuse_tokens,
     joint_tokens,

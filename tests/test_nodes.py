@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -105,17 +106,19 @@ def test_folders_keep_paths_an_extra_model_paths_yaml_defined(nodes):
 
 
 def test_apply_with_weight_zero_returns_the_input_model(nodes):
-    sentinel = object()
-    out = nodes.Apply.execute(model=sentinel, pulid=None, identity=None, weight=0.0, start_percent=0.0,
+    from comfyui_pulid_flux.integration.handles import PulidFlux
+
+    sentinel, pulid = object(), object.__new__(PulidFlux)  # weight 0 reads neither the PuLID model nor the ID
+    out = nodes.Apply.execute(model=sentinel, pulid=pulid, identity=None, weight=0.0, start_percent=0.0,
                                          end_percent=1.0, start_step=0, uncond_mode="uncond_id")
     assert out.args[0] is sentinel
     with pytest.raises(ValueError, match=r"weight=nan must be a finite number"):  # NaN is not 0: still refused
-        nodes.Apply.execute(model=sentinel, pulid=None, identity=None, weight=float("nan"),
+        nodes.Apply.execute(model=sentinel, pulid=pulid, identity=None, weight=float("nan"),
                                        start_percent=0.0, end_percent=1.0, start_step=0, uncond_mode="uncond_id")
 
 
 def test_fusion_modes(nodes):
-    from comfyui_pulid_flux.nodes.fusion import fuse_tokens
+    from comfyui_pulid_flux.pulid.fusion import fuse_tokens
 
     t = torch.randn(3, 32, 8)  # (refs, tokens, id_dim)
     assert torch.allclose(fuse_tokens(t, "mean"), t.mean(0, keepdim=True))
@@ -124,7 +127,7 @@ def test_fusion_modes(nodes):
     c = fuse_tokens(t, "concat")
     assert c.shape == (1, 96, 8) and torch.equal(c[0, 32:64], t[1])
     assert fuse_tokens(t, "per_batch_item") is t
-    for bad, needle in (("1, 2", "2 weights for 3"), ("a, b, c", "comma-separated"), ("0, 0, 0", "not all")):
+    for bad, needle in (("1, 2", "2 values for 3"), ("a, b, c", "comma-separated"), ("0, 0, 0", "not all")):
         with pytest.raises(ValueError, match=needle):
             fuse_tokens(t, "weighted", bad)
     with pytest.raises(ValueError, match="fusion 'median'"):
@@ -170,14 +173,16 @@ def test_save_and_load_id_roundtrip(nodes, tmp_path):
 def test_encode_refuses_an_eva_tower_of_another_size(nodes):
     from types import SimpleNamespace
 
-    from comfyui_pulid_flux.nodes.encode import check_compatible
+    from comfyui_pulid_flux.encoders import EVA02_CLIP_L_336, EvaCheckpointError
+    from comfyui_pulid_flux.integration.handles import PulidFlux
 
-    enc = SimpleNamespace(vit_dim=1024, id_in_dim=1280, num_vit_taps=5)
-    eva = SimpleNamespace(width=64, embed_dim=32, tap_blocks=(4, 8, 12, 16, 20))
-    with pytest.raises(ValueError, match="EVA02_CLIP_L_336_psz14_s6B.pt"):
-        check_compatible(enc, eva, 512)
-    eva.width, eva.embed_dim = 1024, 768
-    check_compatible(enc, eva, 512)
+    pulid = object.__new__(PulidFlux)  # only its ID encoder's widths are read before the check
+    pulid.model = SimpleNamespace(pulid_encoder=SimpleNamespace(vit_dim=1024, id_in_dim=1280, num_vit_taps=5))
+    narrow = SimpleNamespace(tower=SimpleNamespace(config=replace(EVA02_CLIP_L_336, width=64, num_heads=1,
+                                                                  embed_dim=32)), name="eva_narrow.pt")
+    with pytest.raises(EvaCheckpointError, match=r"eva_narrow.pt: .* \(64, 32, 5\) do not fit the PuLID model's ID "
+                                                 r"encoder \(1024, 768, 5\)"):
+        pulid.encode(narrow, torch.zeros(1, 8, 8, 3), None, None)
 
 
 def test_every_model_file_of_the_table_is_in_the_readme(nodes):

@@ -27,7 +27,7 @@ from conftest import GOLDEN_DIR, ROOT
 
 tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-RUNTIME = ["__init__.py", "nodes", "pulid", "encoders"]
+RUNTIME = ["__init__.py", "nodes", "integration", "pulid", "encoders", "likeness"]
 # import name -> distribution declared for it
 DECLARED_FOR = {"numpy": "numpy", "safetensors": "safetensors", "insightface": "insightface", "facexlib": "facexlib",
                 "cv2": "opencv-python", "timm": "timm", "PIL": "pillow"}
@@ -143,7 +143,7 @@ def test_comfy_node_validate_and_pack(tmp_path):
         assert r.returncode == 0 and "error" not in out and "warning" not in out, f"comfy {' '.join(cmd)}:\n{r.stdout}{r.stderr}"
     names = set(zipfile.ZipFile(next(pack.glob("*.zip"))).namelist())
     for shipped in ["__init__.py", "install.py", "requirements.txt", "pyproject.toml", "LICENSE", "README.md",
-                    "icon.png", "nodes/apply.py", "integration/patch.py", "encoders/eva_clip/tower.py",
+                    "icon.png", "nodes/apply.py", "integration/patch.py", "encoders/eva_clip/tower.py", "likeness/sheet.py",
                     "workflows/pulid_flux_basic.json", "web/node_text.js"]:
         assert shipped in names, f"{shipped} missing from the published archive"
     for dev in ("tests/", "bench/", "scripts/", ".ci/", ".github/"):

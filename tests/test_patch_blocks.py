@@ -16,6 +16,7 @@ if COMFYUI_ROOT is None:
 setup_comfyui()
 
 import _tiny_flux as T  # noqa: E402
+from _golden_models import ca_forward  # noqa: E402
 
 from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
 
@@ -86,7 +87,7 @@ def passthrough(args):
 
 def residual(pm, ca_index, ids, x, weight=1.0):
     with torch.no_grad():
-        return weight * pm.pulid_ca[ca_index](ids, x)
+        return weight * ca_forward(pm.pulid_ca[ca_index], ids, x)
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import types
 from pathlib import Path
 
@@ -145,43 +146,29 @@ def test_non_finite_identities_are_refused_before_sampling(env):
     for bad in (float("nan"), float("inf"), -float("inf")):
         emb = T.tiny_embedding()
         emb.tokens[0, 3, 5] = bad
-        with pytest.raises(ValueError, match=r"tokens hold NaN or infinite values.*encode the identity again"):
+        with pytest.raises(ValueError, match=r"ID tokens hold 1 NaN or infinite value.*encode the reference images"):
             apply_pulid_flux(base, pp, emb)
         emb = T.tiny_embedding()
         emb.uncond[0, 0, 0] = bad
-        with pytest.raises(ValueError, match=r"uncond ID hold NaN or infinite values"):
+        with pytest.raises(ValueError, match=r"uncond ID tokens hold 1 NaN or infinite value"):
             apply_pulid_flux(base, pp, emb)
 
 
-def test_prepared_identity_of_another_pulid_model_is_refused(env):
-    from comfyui_pulid_flux.pulid.fold import prepare_id
+@pytest.mark.parametrize("folded", [True, False], ids=["folded", "unfolded"])
+def test_finite_but_oversized_identities_are_refused(env, folded):
+    """Tokens of 1e20 / 1e30 are finite in fp32 but give NaN ID tables (a black image): refused, naming the value."""
+    from comfyui_pulid_flux.pulid.embedding import IDEmbedding
 
     base, pp = env
     emb = T.tiny_embedding()
-    other = T.pulid_patcher(T.tiny_pulid_model(seed=7), name="other_pulid.safetensors")
-    prepared = prepare_id(other, emb.tokens, emb.uncond)
     before = T.structure(base.model_options)
-    with pytest.raises(ValueError, match=r"made with the PuLID model 'other_pulid\.safetensors' but is applied with "
-                                         r"'tiny_pulid\.safetensors'"):
-        apply_pulid_flux(base, pp, prepared)
-    assert apply_pulid_flux(base, other, prepared) is not base  # with its own model it applies
-    with pytest.raises(ValueError, match=r"has no uncond ID"):
-        apply_pulid_flux(base, other, prepare_id(other, emb.tokens, None))
-    assert T.structure(base.model_options) == before
-
-
-def test_prepared_tables_that_do_not_fit_are_refused(env):
-    from comfyui_pulid_flux.pulid.fold import FoldedID, PreparedID, prepare_id
-
-    base, pp = env
-    emb = T.tiny_embedding()
-    good = prepare_id(pp, emb.tokens, emb.uncond)
-    t = good.table
-    for a, heads in ((t.a[:, :, :-1], t.heads), (t.a, t.heads * 2), (t.a[:-1], t.heads)):
-        table = FoldedID(a.clone(), t.b.clone(), t.c.clone(), heads, t.eps)
-        bad = PreparedID(table=table, patcher=good.patcher, n_cond=1, with_uncond=True, pulid_name=pp.name,
-                         source=good.source)
-        before = T.structure(base.model_options)
-        with pytest.raises(ValueError, match=r"tables \(CAs, width, heads\) = .* do not fit the PuLID model"):
-            apply_pulid_flux(base, pp, bad)
-        assert T.structure(base.model_options) == before  # nothing patched
+    for scale in (1e20, 1e30):
+        big = IDEmbedding(tokens=emb.tokens / emb.tokens.abs().max() * scale, uncond=emb.uncond)
+        with pytest.raises(ValueError, match=rf"largest \|value\| {re.escape(f'{scale:.3g}')}\) overflow the ID tables in "
+                                             r"torch.float32.*encode the reference images again"):
+            apply_pulid_flux(base, pp, big, folded=folded)
+    huge = IDEmbedding(tokens=emb.tokens.double() * 1e300, uncond=emb.uncond)  # finite in fp64, used in fp32
+    with pytest.raises(ValueError, match=r"ID tokens reach .*e\+300, which overflows torch.float32"):
+        apply_pulid_flux(base, pp, huge, folded=folded)
+    assert T.structure(base.model_options) == before  # nothing patched
+    assert apply_pulid_flux(base, pp, IDEmbedding(tokens=emb.tokens * 1e3, uncond=emb.uncond), folded=folded) is not base

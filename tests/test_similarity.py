@@ -1,4 +1,4 @@
-"""Face similarity (encoders/similarity.py + the node) and the likeness sheet, with the tiny antelopev2 models
+"""Face similarity (likeness/similarity.py + the node) and the likeness sheet, with the tiny antelopev2 models
 (real insightface code, hand-made ONNX files: every bright blob is a face)."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from _tiny_faces import cached, face_image, make_tiny_antelopev2
 from conftest import COMFYUI_ROOT, NO_COMFYUI, setup_comfyui
 
 from comfyui_pulid_flux.encoders import FaceNotFoundError, load_face_analyzer
-from comfyui_pulid_flux.encoders import sheet as S
-from comfyui_pulid_flux.encoders import similarity as sim
+from comfyui_pulid_flux.likeness import sheet as S
+from comfyui_pulid_flux.likeness import similarity as sim
+from comfyui_pulid_flux.pulid.fusion import parse_numbers
 
 A = face_image(blobs=((192, 224, 64, 240),))  # one face
 B = face_image(blobs=((320, 128, 64, 200),), background=50)  # another face
@@ -89,10 +90,10 @@ def test_sheet_and_chart_geometry():
     chart = S.likeness_chart([0.5, 1, 1.5, 1], [0.2, 0.4, 0.5, 0.3], [0, 0, 0, 4])
     assert chart.shape == (S.CHART_SIZE[1], S.CHART_SIZE[0], 3)
     assert S.likeness_chart([1], [float("0.3")], [0]).shape == chart.shape  # one point: no zero division
-    assert S.parse_values("2", 3, "start_steps") == [2.0, 2.0, 2.0]
+    assert parse_numbers("2", 3, "start_steps", broadcast=True) == [2.0, 2.0, 2.0]
     for bad, needle in (("1, 2", "2 values for 3"), ("a", "comma-separated"), ("1, inf, 2", "finite")):
         with pytest.raises(ValueError, match=needle):
-            S.parse_values(bad, 3, "weights")
+            parse_numbers(bad, 3, "weights")
 
 
 # ------------------------------------------------------------------------------------------- nodes

@@ -11,7 +11,7 @@ from _e2e.workflow_specs import SWEEP_STARTS, SWEEP_WEIGHTS
 from conftest import import_pack
 
 import_pack()
-from comfyui_pulid_flux.encoders import sheet as S  # noqa: E402
+from comfyui_pulid_flux.likeness import sheet as S  # noqa: E402
 
 pytest_plugins = ["_e2e.fixtures"]
 pytestmark = [pytest.mark.e2e, pytest.mark.comfyui]

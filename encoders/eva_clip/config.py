@@ -62,10 +62,10 @@ class EvaVisionConfig:
 EVA02_CLIP_L_336 = EvaVisionConfig()
 
 
-def check_pulid_tower(config: EvaVisionConfig, source: str, expected: EvaVisionConfig = EVA02_CLIP_L_336) -> None:
-    """Refuse a tower whose input size or depth differs from EVA02-CLIP-L-14-336 (e.g. the 224 px EVA02-L):
-    the ID encoder would run on other tokens without any shape error. Widths are checked against the
-    PuLID model at encode time."""
+def check_pulid_tower(config: EvaVisionConfig, source: str, id_encoder: tuple[int, int, int] | None = None,
+                      expected: EvaVisionConfig = EVA02_CLIP_L_336) -> None:
+    """Refuse a tower of another input size, patch or depth than EVA02-CLIP-L-14-336 (e.g. the 224 px EVA02-L runs
+    without a shape error) or, given an ID encoder's (ViT width, EVA embed width, taps), of other widths."""
     got = (config.image_size, config.patch_size, config.depth)
     want = (expected.image_size, expected.patch_size, expected.depth)
     if got != want:
@@ -73,6 +73,12 @@ def check_pulid_tower(config: EvaVisionConfig, source: str, expected: EvaVisionC
             f"{source} is an EVA-CLIP tower of {got[0]} px, patch {got[1]}, {got[2]} layers (width {config.width}), "
             f"but PuLID-Flux v0.9.x needs EVA02-CLIP-L-14-336: {want[0]} px, patch {want[1]}, {want[2]} layers "
             f"(width {expected.width})"
+        )
+    widths = (config.width, config.embed_dim, len(config.tap_blocks))
+    if id_encoder is not None and widths != tuple(id_encoder):
+        raise EvaCheckpointError(
+            f"{source}: the EVA-CLIP tower's (width, embed width, taps) {widths} do not fit the PuLID model's ID "
+            f"encoder {tuple(id_encoder)}: load the EVA02-CLIP-L-14-336 file with the PuLID-Flux v0.9.x file"
         )
 
 

@@ -1,10 +1,5 @@
-"""Weight-sweep pictures (PIL only): a contact sheet with a caption under every tile, and a chart of
-likeness against weight (one line per start step). Pure numpy / PIL; never imports ComfyUI or ``pulid``.
-
-Geometry (fixed, so callers and tests know the sizes): tiles keep the images' aspect, scaled down so the
-long side is at most ``TILE_MAX``; each tile has a ``CAPTION_H`` band under it; tiles sit ``GAP`` apart
-with a ``GAP`` margin. The chart is ``CHART_SIZE``.
-"""
+"""Weight-sweep pictures (numpy / PIL): a contact sheet, a caption band under every tile, and a chart of likeness
+against weight, one line per start step. Sizes are the constants below (docs/design.md, "Likeness")."""
 
 from __future__ import annotations
 
@@ -19,23 +14,6 @@ GAP = 8
 CHART_SIZE = (768, 512)  # width, height
 BACKGROUND, TEXT = (24, 24, 28), (235, 235, 240)
 SERIES = [(70, 160, 255), (255, 140, 60), (90, 210, 120), (230, 90, 200), (240, 220, 80), (160, 160, 160)]
-
-
-def parse_values(text: str, count: int, name: str, broadcast: bool = True) -> list[float]:
-    """'0.5, 1, 1.5' -> floats; one value per image, or (broadcast) a single value for all. Must be finite."""
-    parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError as e:
-        raise ValueError(f"{name} {text!r} is not a comma-separated list of numbers, e.g. '0.5, 1, 1.5'") from e
-    if broadcast and len(values) == 1 and count > 1:
-        values = values * count
-    if len(values) != count:
-        raise ValueError(f"{name} {text!r} gives {len(values)} values for {count} images: give one per image, in "
-                         f"the images' batch order{' (or one value for all)' if broadcast else ''}")
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{name} {text!r} holds a value that is not a finite number")
-    return values
 
 
 def tile_size(width: int, height: int) -> tuple[int, int]:
@@ -55,11 +33,11 @@ def sheet_size(n: int, width: int, height: int, columns: int = 0) -> tuple[int, 
     return GAP + cols * (tw + GAP), GAP + rows * (th + CAPTION_H + GAP)
 
 
-def _font(size: int):
+def font(size: int):
     from PIL import ImageFont
 
     try:
-        return ImageFont.load_default(size=size)
+        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
     except TypeError:
         return ImageFont.load_default()
 
@@ -74,12 +52,12 @@ def contact_sheet(images: Sequence[np.ndarray], captions: Sequence[Sequence[str]
     cols = grid_columns(n, columns)
     sheet = Image.new("RGB", sheet_size(n, w, h, columns), BACKGROUND)
     d = ImageDraw.Draw(sheet)
-    font = _font(14)
+    caption = font(14)
     for i, (img, lines) in enumerate(zip(images, captions)):
         x, y = GAP + (i % cols) * (tw + GAP), GAP + (i // cols) * (th + CAPTION_H + GAP)
         sheet.paste(Image.fromarray(np.ascontiguousarray(img)).resize((tw, th), Image.LANCZOS), (x, y))
         for k, text in enumerate(lines[:2]):
-            d.text((x + 2, y + th + 4 + 18 * k), text, fill=TEXT, font=font)
+            d.text((x + 2, y + th + 4 + 18 * k), text, fill=TEXT, font=caption)
     return np.asarray(sheet)
 
 
@@ -91,7 +69,7 @@ def likeness_chart(weights: Sequence[float], similarities: Sequence[float], star
     W, H = CHART_SIZE
     img = Image.new("RGB", CHART_SIZE, BACKGROUND)
     d = ImageDraw.Draw(img)
-    font, small = _font(16), _font(12)
+    big, small = font(16), font(12)
     left, right, top, bottom = 70, W - 150, 40, H - 50
     xs, ys = list(map(float, weights)), list(map(float, similarities))
     x0, x1 = min(xs), max(xs)
@@ -102,7 +80,7 @@ def likeness_chart(weights: Sequence[float], similarities: Sequence[float], star
     def px(x: float, y: float) -> tuple[float, float]:
         return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
 
-    d.text((left, 10), title, fill=TEXT, font=font)
+    d.text((left, 10), title, fill=TEXT, font=big)
     d.rectangle((left, top, right, bottom), outline=(120, 120, 130))
     for k in range(6):  # y grid and labels
         yv = y0 + (y1 - y0) * k / 5

@@ -1,17 +1,5 @@
-"""Face similarity (likeness): cosine between ArcFace embeddings, as the PuLID paper measures ID similarity.
-
-* ``reference_embeddings(analyzer, images)``: the raw ArcFace embedding of the largest face of every
-  reference image (the face Encode uses by default); a reference without a face is an error naming it.
-* ``score_images(analyzer, images, references, mode)``: per generated image, every detected face gets the
-  cosine against the references, reduced over references by ``mode``: ``mean`` (mean of the cosines),
-  ``max`` (the best-matching reference) or ``per_item`` (generated image i against reference i; one
-  reference serves every image). The image's similarity is its best-matching face's.
-  An image without a detected face gets ``NO_FACE_SCORE`` (0.0: wireable, plots on a chart, sorts as "no
-  likeness") and ``ImageScore.chosen is None``; the caller warns. Never raises for a face-free image.
-* ``annotate(rgb, score)``: every face boxed with its score, the chosen one marked (PIL).
-
-Pure numpy / PIL; never imports ComfyUI or ``pulid``.
-"""
+"""Face similarity: the cosine between ArcFace embeddings, as the PuLID paper measures ID similarity (per image,
+the best-matching face; no face scores NO_FACE_SCORE and never raises). numpy / PIL; docs/design.md, "Likeness"."""
 
 from __future__ import annotations
 
@@ -20,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FaceNotFoundError
-from .face_analysis import choose_face
-from .image import prepare_images, to_rgb_uint8
+from ..encoders.errors import FaceNotFoundError
+from ..encoders.face_analysis import choose_face
+from ..encoders.image import prepare_images, to_rgb_uint8
+from .sheet import font
 
 NO_FACE_SCORE = 0.0
 REFERENCE_MODES = ("mean", "max", "per_item")
@@ -112,15 +101,6 @@ def score_images(analyzer, images, references, mode: str = "mean") -> list[Image
     return out
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
-    except TypeError:
-        return ImageFont.load_default()
-
-
 def annotate(rgb: np.ndarray, score: ImageScore) -> np.ndarray:
     """(H, W, 3) uint8 with every face boxed and labelled with its score; the chosen face in green, marked."""
     from PIL import Image, ImageDraw
@@ -129,15 +109,15 @@ def annotate(rgb: np.ndarray, score: ImageScore) -> np.ndarray:
     d = ImageDraw.Draw(img)
     h, w = rgb.shape[:2]
     size = max(10, min(h, w) // 24)
-    font, line = _font(size), max(1, min(h, w) // 256)
+    face_font, line = font(size), max(1, min(h, w) // 256)
     if score.chosen is None:
-        d.text((4, 4), "no face", fill=NO_FACE_COLOUR, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+        d.text((4, 4), "no face", fill=NO_FACE_COLOUR, font=face_font, stroke_width=1, stroke_fill=(0, 0, 0))
     for k, f in enumerate(score.faces):
         colour = CHOSEN_COLOUR if k == score.chosen else OTHER_COLOUR
         x1, y1, x2, y2 = f.bbox
         d.rectangle((x1, y1, x2, y2), outline=colour, width=line * (3 if k == score.chosen else 1))
         label = f"{'* ' if k == score.chosen else ''}{f.similarity:.3f}"
-        d.text((x1 + 2, max(0, y1 - size - 4)), label, fill=colour, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+        d.text((x1 + 2, max(0, y1 - size - 4)), label, fill=colour, font=face_font, stroke_width=1, stroke_fill=(0, 0, 0))
     return np.asarray(img)
 
 
