@@ -13,8 +13,7 @@ the Encode time of one reference through the real EVA02-L-336 and IDFormer sizes
 onnxruntime face models are not part of it); whole sampling runs: weight 0, weight 1 (first and second run) and
 plain again, with the second run's ratio to weight 0 next to what the step ratio predicts.
 
-Without CUDA (or with --tiny): the same measurements on a tiny configuration on the CPU (hidden 64), so the
-script keeps working; its times mean nothing. Results print as a table and go to --json.
+Without CUDA (or --tiny): the same on a tiny configuration on the CPU (hidden 64); its times mean nothing.
 
     COMFYUI_ROOT=~/.cache/comfyui-pulid-flux/ComfyUI-0.33.0 python bench/gpu.py [--json out.json] [--tiny]
 """
@@ -148,14 +147,11 @@ def build(weights: str, tiny: bool):
     return flux_patcher, PulidFlux(pm.eval(), "random PuLID"), EvaClipModel(tower.eval(), "random EVA"), geometry
 
 
-def sync():
+def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    """(best seconds, last result) of fn, with the GPU synchronised around each call."""
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     best, out = math.inf, None
     for _ in range(repeat):
         sync()
@@ -166,17 +162,13 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:
     return best, out
 
 
-def peak_reset():
+def peak(reset: bool = False) -> int | None:
+    """torch.cuda.max_memory_allocated (None without CUDA); reset: start a new peak."""
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak() -> int | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.reset_peak_memory_stats() if reset else torch.cuda.max_memory_allocated()
 
 
 def encode(pulid, eva, repeat: int):
@@ -226,10 +218,8 @@ def step_figures(models: dict, geometry: dict, rounds: int, calls: int) -> tuple
 
     base = models["plain"]
     x, ctx, y = call_inputs(base, geometry)
-    dev = base.load_device
-    compute = base.model.get_dtype() if base.model.manual_cast_dtype is None else base.model.manual_cast_dtype
-    inputs = (x.to(dev, compute), torch.full((1,), 0.5, device=dev), ctx.to(dev, compute), y.to(dev, compute),
-              torch.full((1,), 3.5, device=dev))
+    dev = base.load_device  # float32 inputs, as samplers pass them: apply_model casts to the compute dtype
+    inputs = (x.to(dev), torch.full((1,), 0.5, device=dev), ctx.to(dev), y.to(dev), torch.full((1,), 3.5, device=dev))
     schedule = torch.linspace(1, 0, 29)
     schedule[14] = 0.5
     times, peaks = {n: [] for n in models}, {n: 0 for n in models}
@@ -237,7 +227,7 @@ def step_figures(models: dict, geometry: dict, rounds: int, calls: int) -> tuple
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             mm.load_models_gpu([models[name]])
-            peak_reset()
+            peak(reset=True)
 
             def measure(options, name=name):
                 step = step_fn(models[name], options, inputs, schedule)
@@ -269,7 +259,7 @@ def sampling_runs(base, patched, geometry, steps: int) -> dict:
     out = {}
     for key, model in (("weight0", base), ("weight1_first", patched), ("weight1_second", patched),
                        ("plain_after", base)):
-        peak_reset()
+        peak(reset=True)
         out[key] = timed(lambda model=model: run(model))[0]
         out[key + "_peak_vram_bytes"] = peak()
     return out
@@ -284,7 +274,6 @@ def worker(name: str, tiny: bool, a) -> dict:
     weights, mode = name.split("/")
     import comfy.model_management as mm
     import comfyui_version
-
     base, pulid, eva, geometry = build(weights, tiny)
     res = dict(name=name, weights=weights, vram_mode=mode, comfyui=comfyui_version.__version__,
                torch=torch.__version__, device=str(mm.get_torch_device()), patcher=type(base).__name__,
@@ -292,7 +281,12 @@ def worker(name: str, tiny: bool, a) -> dict:
     if torch.cuda.is_available():
         res["device_name"] = torch.cuda.get_device_name()
         res["total_vram_bytes"] = torch.cuda.get_device_properties(0).total_memory
-    res["encode_s"], (tokens, uncond) = encode(pulid, eva, a.repeat)
+    try:  # a failure is a figure too (e.g. a VRAM mode the encoders do not survive): reported, not fatal
+        res["encode_s"], (tokens, uncond) = encode(pulid, eva, a.repeat)
+    except Exception as e:  # noqa: BLE001
+        res["encode_error"] = f"{type(e).__name__}: {e}"[:300]
+        g = torch.Generator().manual_seed(7)
+        tokens, uncond = (torch.randn(1, geometry["id_tokens"], pulid.model.id_dim, generator=g) for _ in range(2))
     emb = IDEmbedding(tokens=tokens, uncond=uncond)
     models, res["apply_s"], res["table_bytes"] = {"plain": base}, {}, {}
     for variant in ("folded", "unfolded"):
@@ -305,20 +299,18 @@ def worker(name: str, tiny: bool, a) -> dict:
     res["step_ratio"] = {v: step[v] / step["plain"] for v in ("folded", "unfolded")}
     res["peak_vram_ratio"] = None if peaks["plain"] is None else {v: peaks[v] / peaks["plain"]
                                                                   for v in ("folded", "unfolded")}
-    runs = sampling_runs(base, models["folded"], geometry, a.sample_steps)
-    res["runs_s"] = runs
-    res["second_run_ratio"] = runs["weight1_second"] / runs["weight0"]
     res["expected_ratio"] = res["step_ratio"]["folded"]  # what the ID's share of a step predicts
+    try:
+        runs = res["runs_s"] = sampling_runs(base, models["folded"], geometry, a.sample_steps)
+        res["second_run_ratio"] = runs["weight1_second"] / runs["weight0"]
+    except Exception as e:  # noqa: BLE001
+        res["runs_error"] = f"{type(e).__name__}: {e}"[:300]
     return res
-
-
-def gib(n) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f}"
 
 
 def table(results: list[dict]) -> str:
     head = (f"{'config':14} {'patcher':20} {'variant':9} {'step ms':>9} {'x plain':>8} {'peak GiB':>9} "
-            f"{'x plain':>8} {'apply s':>8} {'encode s':>9} {'2nd run x w0':>13}")
+            f"{'x plain':>8} {'apply s':>8} {'encode s':>9}")
     lines = [head, "-" * len(head)]
     for r in results:
         if "error" in r:
@@ -328,14 +320,17 @@ def table(results: list[dict]) -> str:
             ratio = 1.0 if v == "plain" else r["step_ratio"][v]
             vr = "-" if r["peak_vram_ratio"] is None else "1.000" if v == "plain" else f"{r['peak_vram_ratio'][v]:.3f}"
             apply = "" if v == "plain" else f"{r['apply_s'][v]:.3f}"
+            enc = "" if v != "plain" else f"{r['encode_s']:.4f}" if "encode_s" in r else "failed"
             lines.append(f"{r['name']:14} {r['patcher']:20} {v:9} {r['step_s'][v] * 1000:9.2f} {ratio:8.3f} "
-                         f"{gib(r['peak_vram_bytes'][v]):>9} {vr:>8} {apply:>8} "
-                         f"{r['encode_s'] if v == 'plain' else '':>9.4} "
-                         f"{'' if v != 'folded' else format(r['second_run_ratio'], '.3f'):>13}")
-        lines.append(f"{'':14} sampling runs (s): " + ", ".join(
-            f"{k} {v:.3f}" for k, v in r["runs_s"].items() if not k.endswith("bytes")) +
-            f"; weight-1 second run / weight 0 = {r['second_run_ratio']:.3f} (step ratio predicts "
-            f"{r['expected_ratio']:.3f})")
+                         f"{'-' if r['peak_vram_bytes'][v] is None else format(r['peak_vram_bytes'][v] / 2**30, '.2f'):>9} {vr:>8} {apply:>8} {enc:>9}")
+        for key in ("encode_error", "runs_error"):
+            if key in r:
+                lines.append(f"{'':14} {key}: {r[key]}")
+        if "runs_s" in r:
+            lines.append(f"{'':14} sampling runs (s): " + ", ".join(
+                f"{k} {v:.3f}" for k, v in r["runs_s"].items() if not k.endswith("bytes")) +
+                f"; weight-1 second run / weight 0 = {r['second_run_ratio']:.3f} (step ratio predicts "
+                f"{r['expected_ratio']:.3f})")
     return "\n".join(lines)
 
 
