@@ -235,7 +235,7 @@ def fold_choice(plain, pulid, pm, inputs, schedule, a) -> list[dict]:
         picked = "unfolded" if hasattr(table, "cas") else "folded"  # the reference table holds the CA modules
         calls = {n: patch_only_call(m, inputs, schedule, a.text_tokens, a.image_tokens, 3072) for n, m in forms.items()}
         with torch.inference_mode():
-            macs = {n: flops(f) // 2 for n, f in calls.items()}
+            macs = {n: flops(f) // 2 for n, f in calls.items()}  # the counter misses SDPA on the CPU (2·inner·T)
             med = {n: statistics.median(v) for n, v in interleaved(calls, 2 * a.calls, a.warmup).items()}
         pf, pu = fold.cost(pm, tokens) if hasattr(fold, "cost") else (None, None)
         row = dict(refs=refs, tokens=tokens, time_s=med, macs=macs, predicted=(pf, pu), picked=picked,
