@@ -349,23 +349,25 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per CUDA configuration")
     a = ap.parse_args(argv)
     if a.worker:  # one configuration in this process
+        if a.tiny:
+            import torch
+
+            torch.set_num_threads(1)  # tiny tensors: threads only contend
         setup(a.comfyui, a.worker.split("/")[1])
-        out = worker(a.worker, a.tiny, a)
-        Path(a.json).write_text(json.dumps(out, indent=1))
+        Path(a.json).write_text(json.dumps(worker(a.worker, a.tiny, a), indent=1))
         return 0
     cuda = not a.tiny and cuda_present()
     results = []
-    if cuda:
+    if cuda:  # each configuration in its own process: ComfyUI reads the VRAM flags once
         for name in a.configs or CUDA_CONFIGS:
-            results.append(run_subprocess(name, a))
+            results.append(run_subprocess(name, a, tiny=False))
             print(f"{name}: {'failed' if 'error' in results[-1] else 'done'}", flush=True)
     else:
         import torch
 
         torch.set_num_threads(1)  # tiny tensors: threads only contend
         setup(a.comfyui, "cpu")
-        for name in a.configs or TINY_CONFIGS:
-            results.append(worker(name, True, a))
+        results = [worker(name, True, a) for name in a.configs or TINY_CONFIGS]
     text = table(results)
     print(text)
     Path(a.json).write_text(json.dumps({"mode": "cuda" if cuda else "cpu-tiny", "configs": results}, indent=1))
@@ -380,12 +382,12 @@ def cuda_present() -> bool:
     return out.stdout.strip() == "1"
 
 
-def run_subprocess(name: str, a) -> dict:
+def run_subprocess(name: str, a, tiny: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         part = Path(tmp) / "part.json"
         cmd = [sys.executable, __file__, "--worker", name, "--json", str(part), "--comfyui", a.comfyui,
                "--rounds", str(a.rounds), "--calls", str(a.calls), "--repeat", str(a.repeat),
-               "--sample-steps", str(a.sample_steps)]
+               "--sample-steps", str(a.sample_steps)] + ["--tiny"] * tiny
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
         except subprocess.TimeoutExpired:

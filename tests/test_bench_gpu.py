@@ -53,3 +53,18 @@ def test_cpu_mode_writes_every_figure(bench):
     assert c["geometry"]["weights"] == "torch.float8_e4m3fn"
     for row in ("step ms", "fp32/cpu", "fp8/cpu", "unfolded", "weight-1 second run / weight 0"):
         assert row in stdout
+
+
+def test_a_configuration_process_that_fails_is_reported(tmp_path):
+    """The CUDA path's per-configuration process: its command line parses, and a failing one becomes an error
+    entry naming the cause (here ComfyUI is missing), not a crash of the whole run."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    a = argparse.Namespace(comfyui=str(tmp_path), rounds=1, calls=1, repeat=1, sample_steps=1, timeout=120)
+    out = gpu.run_subprocess("bf16/normal", a, tiny=False)
+    assert out == {"name": "bf16/normal", "error": "ModuleNotFoundError: No module named 'comfy'"}
+    assert "bf16/normal" in gpu.table([out]) and "failed: ModuleNotFoundError" in gpu.table([out])
