@@ -1,19 +1,16 @@
 #!/usr/bin/env python3
 """Capacity figures of PuLID-Flux: step time, peak VRAM, Apply (fold) and Encode time, per VRAM mode.
 
-On CUDA: a full-size Flux.1 (19 + 38 blocks, width 3072) built through ComfyUI's own model classes
-(supported_models.Flux -> model_base.Flux), random weights generated on the GPU (no download) and kept on the
-offload device as a loader leaves them, at 1024x1024 (4096 image + 512 text tokens), bf16 and fp8 (e4m3fn,
-bf16 compute) weights. Each configuration runs in its own process (ComfyUI reads its VRAM flags at import):
-normal (legacy patcher), --lowvram, --novram, and Dynamic VRAM (0.33+, comfy-aimdo, as main.py enables it).
-Per configuration, side by side in one run: one model call of plain Flux, PuLID folded and unfolded (medians of
-interleaved rounds, each loaded through load_models_gpu as sampling does) as ratios to plain; peak VRAM
-(torch.cuda.max_memory_allocated) of each, as ratios to plain; the Apply time (folding / projecting one ID, cold);
-the Encode time of one reference through the real EVA02-L-336 and IDFormer sizes (random weights; the
-onnxruntime face models are not part of it); whole sampling runs: weight 0, weight 1 (first and second run) and
-plain again, with the second run's ratio to weight 0 next to what the step ratio predicts.
-
-Without CUDA (or --tiny): the same on a tiny configuration on the CPU (hidden 64); its times mean nothing.
+On CUDA: a full-size Flux.1 (19 + 38 blocks, width 3072) through ComfyUI's own model classes, random weights
+generated on the GPU (no download) and kept on the offload device as a loader leaves them, at 1024x1024, with
+bf16 and fp8 (e4m3fn, bf16 compute) weights. One process per configuration (ComfyUI reads its VRAM flags at
+import): normal (legacy patcher), --lowvram, --novram, Dynamic VRAM (0.33+, comfy-aimdo, as main.py starts it).
+Side by side in each: one model call of plain Flux, PuLID folded and unfolded (medians of interleaved rounds,
+each loaded through load_models_gpu) and their peak VRAM (torch.cuda.max_memory_allocated) as ratios to plain;
+the folded form's precision against the unfolded one; the Apply time (fold, cold); the Encode time of one
+reference through the real EVA02-L-336 and IDFormer sizes (random weights; no onnxruntime face models); whole
+sampling runs (weight 0, weight 1 twice, plain), the second weight-1 run's ratio to weight 0 next to the step
+ratio. Without CUDA (or --tiny): the same on a tiny configuration on the CPU; its times mean nothing.
 
     COMFYUI_ROOT=~/.cache/comfyui-pulid-flux/ComfyUI-0.33.0 python bench/gpu.py [--json out.json] [--tiny]
 """
@@ -209,9 +206,10 @@ def call_inputs(flux_patcher, geometry, seed=5):
     return x, ctx, y
 
 
-def step_figures(models: dict, geometry: dict, rounds: int, calls: int) -> tuple[dict, dict]:
-    """Median seconds and peak bytes of one model call per variant, interleaved over rounds; each round
-    loads the variant through load_models_gpu (Flux + the ID table), as a sampling run does."""
+def step_figures(models: dict, geometry: dict, rounds: int, calls: int) -> tuple[dict, dict, float]:
+    """Median seconds and peak bytes of one model call per variant, interleaved over rounds (each round loads
+    the variant through load_models_gpu, Flux + the ID table, as sampling does); and the precision of the folded
+    form in the compute dtype: max |folded - unfolded| / max |folded - plain| of one call's output."""
     import comfy.model_management as mm
     import torch
     from step_overhead import run_context, step_fn
@@ -222,7 +220,7 @@ def step_figures(models: dict, geometry: dict, rounds: int, calls: int) -> tuple
     inputs = (x.to(dev), torch.full((1,), 0.5, device=dev), ctx.to(dev), y.to(dev), torch.full((1,), 3.5, device=dev))
     schedule = torch.linspace(1, 0, 29)
     schedule[14] = 0.5
-    times, peaks = {n: [] for n in models}, {n: 0 for n in models}
+    times, peaks, outs = {n: [] for n in models}, {n: 0 for n in models}, {}
     names = list(models)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -232,14 +230,15 @@ def step_figures(models: dict, geometry: dict, rounds: int, calls: int) -> tuple
             def measure(options, name=name):
                 step = step_fn(models[name], options, inputs, schedule)
                 with torch.inference_mode():
-                    step()  # warm-up (kernels, caches)
+                    outs[name] = step().float().cpu()  # warm-up (kernels, caches)
                     for _ in range(calls):
                         times[name].append(timed(step)[0])
 
             run_context(models[name], measure)
             p = peak()
             peaks[name] = None if p is None else max(peaks[name], p)
-    return {n: statistics.median(v) for n, v in times.items()}, peaks
+    precision = float((outs["folded"] - outs["unfolded"]).abs().max() / (outs["folded"] - outs["plain"]).abs().max())
+    return {n: statistics.median(v) for n, v in times.items()}, peaks, precision
 
 
 def sampling_runs(base, patched, geometry, steps: int) -> dict:
@@ -266,14 +265,14 @@ def sampling_runs(base, patched, geometry, steps: int) -> dict:
 
 
 def worker(name: str, tiny: bool, a) -> dict:
+    import comfy.model_management as mm
+    import comfyui_version
     import torch
 
     from comfyui_pulid_flux.integration.patch import apply_pulid_flux
     from comfyui_pulid_flux.pulid.embedding import IDEmbedding
 
     weights, mode = name.split("/")
-    import comfy.model_management as mm
-    import comfyui_version
     base, pulid, eva, geometry = build(weights, tiny)
     res = dict(name=name, weights=weights, vram_mode=mode, comfyui=comfyui_version.__version__,
                torch=torch.__version__, device=str(mm.get_torch_device()), patcher=type(base).__name__,
@@ -285,8 +284,7 @@ def worker(name: str, tiny: bool, a) -> dict:
         res["encode_s"], (tokens, uncond) = encode(pulid, eva, a.repeat)
     except Exception as e:  # noqa: BLE001
         res["encode_error"] = f"{type(e).__name__}: {e}"[:300]
-        g = torch.Generator().manual_seed(7)
-        tokens, uncond = (torch.randn(1, geometry["id_tokens"], pulid.model.id_dim, generator=g) for _ in range(2))
+        tokens, uncond = torch.randn(2, 1, geometry["id_tokens"], pulid.model.id_dim)
     emb = IDEmbedding(tokens=tokens, uncond=uncond)
     models, res["apply_s"], res["table_bytes"] = {"plain": base}, {}, {}
     for variant in ("folded", "unfolded"):
@@ -294,11 +292,10 @@ def worker(name: str, tiny: bool, a) -> dict:
             base, pulid, emb, uncond_mode="none", folded=v == "folded"))
         table = models[variant].model_patches_models()[0].model
         res["table_bytes"][variant] = sum(t.numel() * t.element_size() for t in table.parameters())
-    step, peaks = step_figures(models, geometry, a.rounds, a.calls)
-    res["step_s"], res["peak_vram_bytes"] = step, peaks
+    res["step_s"], res["peak_vram_bytes"], res["precision_rel"] = step_figures(models, geometry, a.rounds, a.calls)
+    step, peaks = res["step_s"], res["peak_vram_bytes"]
     res["step_ratio"] = {v: step[v] / step["plain"] for v in ("folded", "unfolded")}
-    res["peak_vram_ratio"] = None if peaks["plain"] is None else {v: peaks[v] / peaks["plain"]
-                                                                  for v in ("folded", "unfolded")}
+    res["peak_vram_ratio"] = None if peaks["plain"] is None else {v: peaks[v] / peaks["plain"] for v in VARIANTS[1:]}
     res["expected_ratio"] = res["step_ratio"]["folded"]  # what the ID's share of a step predicts
     try:
         runs = res["runs_s"] = sampling_runs(base, models["folded"], geometry, a.sample_steps)
@@ -323,6 +320,7 @@ def table(results: list[dict]) -> str:
             enc = "" if v != "plain" else f"{r['encode_s']:.4f}" if "encode_s" in r else "failed"
             lines.append(f"{r['name']:14} {r['patcher']:20} {v:9} {r['step_s'][v] * 1000:9.2f} {ratio:8.3f} "
                          f"{'-' if r['peak_vram_bytes'][v] is None else format(r['peak_vram_bytes'][v] / 2**30, '.2f'):>9} {vr:>8} {apply:>8} {enc:>9}")
+        lines.append(f"{'':14} folded vs unfolded output: max diff / PuLID's effect = {r['precision_rel']:.2e}")
         for key in ("encode_error", "runs_error"):
             if key in r:
                 lines.append(f"{'':14} {key}: {r[key]}")
