@@ -9,7 +9,9 @@ overhead over plain with a bootstrap 95 % CI, the isolated patch cost per forwar
 folded vs unfolded, bytes held for sampling vs the CA weights (one identity; with the uncond ID of true
 CFG), bytes copied by a downstream clone(). Then, on a tiny config: eager per-call overhead and, compiled
 as core's TorchCompileModel does (backend aot_eager, PyTorch attention), graph breaks, recompiles and the
-compiled-over-plain time ratio.
+compiled-over-plain time ratio. The folded / unfolded choice (issue 16 item 7) at 1 and 8 concatenated references
+(32 and 256 ID tokens): both forms' measured patch time and MACs, the predicted cost, and which form the pack
+picks. A side-by-side slot shows the diffusers adapter's figure when its bench wrote one (--diffusers-json).
 
     COMFYUI_ROOT=~/.cache/comfyui-pulid-flux/ComfyUI-0.33.0 python bench/step_overhead.py [--large] [--calls 20]
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import random
 import statistics
@@ -38,6 +41,7 @@ def setup(comfy_root: str):
     comfy.cli_args.args.cpu = True
     import comfy.model_management  # noqa: F401
 
+    sys.path.insert(0, str(ROOT / "tests"))  # the tiny models and memory helpers of the tests
     spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
     mod = importlib.util.module_from_spec(spec)
     sys.modules[PACK] = mod
@@ -149,36 +153,14 @@ def flops(fn) -> int:
     return fc.get_total_flops()
 
 
-def tensor_storages(root) -> dict[int, int]:
-    seen, out, stack = set(), {}, [root]
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, bool, type)):
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            out[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
-        elif isinstance(obj, torch.nn.Module):
-            stack.extend(obj.state_dict(keep_vars=True).values())
-        elif isinstance(obj, dict):
-            stack.extend([*obj.keys(), *obj.values()])
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        else:
-            stack.extend(getattr(obj, "__dict__", {}).values())
-            stack.extend(getattr(obj, s) for c in type(obj).__mro__ for s in getattr(c, "__slots__", ()) if hasattr(obj, s))
-    return out
-
-
 def clone_bytes(patcher) -> tuple[int, float]:
-    def state(p):
-        return [p.model_options, p.wrappers, p.callbacks, p.additional_models, p.attachments]
+    from _tiny_flux import patcher_state, tensor_storages
 
-    before = tensor_storages(state(patcher))
+    before = tensor_storages(patcher_state(patcher))
     t0 = time.perf_counter()
     c = patcher.clone()
     dt = time.perf_counter() - t0
-    after = tensor_storages(state(c))
+    after = tensor_storages(patcher_state(c))
     return sum(n for ptr, n in after.items() if ptr not in before), dt
 
 
@@ -236,9 +218,49 @@ def interleaved(steps: dict, calls: int, warmup: int) -> dict:
     return times
 
 
+def fold_choice(plain, pulid, pm, inputs, schedule, a) -> list[dict]:
+    """Folded vs unfolded at each count of concatenated references (a.refs): measured patch-only time and MACs
+    per forward, the pack's predicted MACs (pulid.fold.cost, when it has one), the form the pack builds by default."""
+    from comfyui_pulid_flux.integration.patch import apply_pulid_flux
+    from comfyui_pulid_flux.pulid import fold
+    from comfyui_pulid_flux.pulid.embedding import IDEmbedding
+
+    rows = []
+    for refs in a.refs:
+        tokens = refs * pm.pulid_encoder.num_queries  # concat fusion: every reference's tokens side by side
+        emb = IDEmbedding(tokens=torch.randn(1, tokens, pm.id_dim, generator=torch.Generator().manual_seed(refs)))
+        forms = {n: apply_pulid_flux(plain, pulid, emb, uncond_mode="none", folded=n == "folded")
+                 for n in ("folded", "unfolded")}
+        table = apply_pulid_flux(plain, pulid, emb, uncond_mode="none").model_patches_models()[0].model
+        picked = "unfolded" if hasattr(table, "cas") else "folded"  # the reference table holds the CA modules
+        calls = {n: patch_only_call(m, inputs, schedule, a.text_tokens, a.image_tokens, 3072) for n, m in forms.items()}
+        with torch.inference_mode():
+            macs = {n: flops(f) // 2 for n, f in calls.items()}  # the counter misses SDPA on the CPU (2·inner·T)
+            med = {n: statistics.median(v) for n, v in interleaved(calls, 2 * a.calls, a.warmup).items()}
+        pf, pu = fold.cost(pm, tokens) if hasattr(fold, "cost") else (None, None)
+        row = dict(refs=refs, tokens=tokens, time_s=med, macs=macs, predicted=(pf, pu), picked=picked,
+                   by_time=min(med, key=med.get), by_macs=min(macs, key=macs.get),
+                   by_cost=None if pf is None else "folded" if pf <= pu else "unfolded")
+        rows.append(row)
+        predicted = "no fold.cost in this pack" if pf is None else f"fold.cost {pf / pu:.2f}x -> {row['by_cost']}"
+        say(f"{refs} reference(s) = {tokens} ID tokens: folded {med['folded'] * 1000:.2f} ms / "
+            f"{macs['folded'] / 1e9:.3f} GMAC, unfolded {med['unfolded'] * 1000:.2f} ms / {macs['unfolded'] / 1e9:.3f} "
+            f"GMAC per forward; folded / unfolded: time {med['folded'] / med['unfolded']:.2f}x, MACs "
+            f"{macs['folded'] / macs['unfolded']:.2f}x, predicted {predicted}; cheaper by time {row['by_time']}, by "
+            f"MACs {row['by_macs']}; the pack picks {picked}{'' if picked == row['by_macs'] else ' (NOT the cheaper)'}")
+    return rows
+
+
+def diffusers_slot(path: str, comfy_ratio: float) -> None:
+    """Side by side with the diffusers adapter, whose bench writes {"label", "step_s": {"plain", "pulid"}} to path."""
+    d = json.loads(Path(path).read_text()) if os.path.exists(path) else None
+    theirs = "not measured (no " + path + ")" if d is None else \
+        f"{d['step_s']['pulid'] / d['step_s']['plain']:.3f}x ({d.get('label', path)})"
+    say(f"PuLID / plain step time side by side: ComfyUI folded {comfy_ratio:.3f}x | diffusers adapter {theirs}")
+
+
 def tiny_compile(comfy_root: str, calls: int) -> None:
     """Tiny config: eager per-call overhead, compiled graph breaks / recompiles, compiled-over-plain ratio."""
-    sys.path.insert(0, str(ROOT / "tests"))
     os.environ.setdefault("COMFYUI_ROOT", comfy_root)
     import _tiny_flux as T
     import comfy.ldm.flux.math
@@ -293,6 +315,9 @@ def main():
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--single", type=int, default=4)
     ap.add_argument("--no-compile", action="store_true", help="skip the tiny-config compile section")
+    ap.add_argument("--refs", type=int, nargs="*", default=[1, 8], help="concatenated references for the choice")
+    ap.add_argument("--diffusers-json", default=str(ROOT / "bench_diffusers.json"),
+                    help="the diffusers adapter's figure, shown side by side when present")
     a = ap.parse_args()
     if a.large:
         a.image_tokens, a.text_tokens = 1024, 512
@@ -312,9 +337,8 @@ def main():
     models = {"plain": plain,
               "unfolded": apply_pulid_flux(plain, pulid, emb, uncond_mode="none", folded=False),
               "folded": apply_pulid_flux(plain, pulid, emb, uncond_mode="none")}
-    x = torch.randn(1, 16, 2 * side, 2 * side)
-    t = torch.full((1,), 0.5)
-    inputs = (x, t, torch.randn(1, a.text_tokens, 4096), torch.randn(1, 768), torch.full((1,), 4.0))
+    inputs = (torch.randn(1, 16, 2 * side, 2 * side), torch.full((1,), 0.5), torch.randn(1, a.text_tokens, 4096),
+              torch.randn(1, 768), torch.full((1,), 4.0))
     schedule = torch.linspace(1, 0, 29)
     schedule[14] = 0.5
     results = {}
@@ -364,6 +388,8 @@ def main():
     say(f"bytes held for sampling: folded {held / 2**20:.1f} MiB = {held / ca:.2f}x the CA weights ({ca / 2**20:.1f} "
           f"MiB; target <= 0.2x), with the uncond ID {held_u / ca:.2f}x (target <= 0.35x); unfolded "
           f"{held_ref / ca:.2f}x")
+    fold_choice(plain, pulid, pm, inputs, schedule, a)
+    diffusers_slot(a.diffusers_json, med["folded"] / med["plain"])
     copied, dt = clone_bytes(models["folded"])
     say(f"downstream clone() of the patched MODEL: {copied} bytes of tensor storage copied ({dt * 1000:.1f} ms)")
     if not a.no_compile:

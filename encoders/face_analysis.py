@@ -23,6 +23,8 @@ ANTELOPEV2_RECOGNIZER = "glintr100.onnx"
 USED_TASKS = ["detection", "recognition"]
 FACE_RULES = ("largest", "left_to_right")
 
+PROVIDER_CHOICES = ("auto", "CPU", "CUDA", "ROCM", "CoreML")  # the loader's choices of onnxruntime provider
+GPU_ARENA = {"arena_extend_strategy": "kSameAsRequested"}
 _logged_providers = False
 
 
@@ -53,12 +55,20 @@ def choose_face(faces: list[DetectedFace], rule: str = "largest", index: int = 0
     return order[index]
 
 
-def onnx_providers() -> list[str]:
-    """CUDA when this onnxruntime build offers it, else CPU; logged once, with a warning for broken installs."""
+def onnx_providers(choice: str = "auto") -> list[str]:
+    """onnxruntime providers for a loader choice (PROVIDER_CHOICES). 'auto' and 'CPU': the CPU only (these models
+    run once per reference image, and a GPU provider's memory arena holds VRAM ComfyUI can neither see nor free);
+    another: that provider, then the CPU (the CPU alone, with a warning, if this onnxruntime lacks it)."""
     global _logged_providers
+    if choice not in PROVIDER_CHOICES:
+        raise ValueError(f"onnxruntime provider {choice!r}: use one of {PROVIDER_CHOICES}")
     ort = require("onnxruntime")
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    providers = ["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    wanted = [] if choice in ("auto", "CPU") else [f"{choice}ExecutionProvider"]
+    providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+    if len(providers) <= len(wanted):
+        log.warning("PuLID-Flux: onnxruntime %s offers no %s (it offers %s); insightface runs on the CPU",
+                    getattr(ort, "__version__", "?"), wanted[0], available)
     if not _logged_providers:
         _logged_providers = True
         log.info("PuLID-Flux: insightface runs with onnxruntime %s providers %s", getattr(ort, "__version__", "?"),
@@ -68,6 +78,11 @@ def onnx_providers() -> list[str]:
                         "the CPU build usually wins. Fix: python -m pip uninstall -y onnxruntime onnxruntime-gpu, then "
                         "python -m pip install onnxruntime-gpu (see the README for the CUDA 12 / 13 versions)")
     return providers
+
+
+def provider_options(providers: list[str]) -> list[dict]:
+    """Per provider: a GPU arena that grows by what is asked for (onnxruntime's default doubles it)."""
+    return [dict(GPU_ARENA) if p in ("CUDAExecutionProvider", "ROCMExecutionProvider") else {} for p in providers]
 
 
 def _installed(distribution: str) -> bool:
@@ -130,7 +145,8 @@ def _load(folder: str, providers: list[str]) -> FaceAnalyzer:
     insightface_app = require("insightface.app", "insightface")
     files = sorted(os.listdir(folder))
     try:
-        app = insightface_app.FaceAnalysis(name=folder, root=folder, allowed_modules=USED_TASKS, providers=providers)
+        app = insightface_app.FaceAnalysis(name=folder, root=folder, allowed_modules=USED_TASKS, providers=providers,
+                                           provider_options=provider_options(providers))
     except AssertionError as e:  # insightface asserts 'detection' in models, without a message
         raise ModelFilesError(f"insightface found no face detector in {folder!r} (files: {files}); expected "
                               f"{ANTELOPEV2_DETECTOR}") from e

@@ -27,10 +27,12 @@ def side_model_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
 
 
-def wrap(module: torch.nn.Module, load_device=None) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher loading `module` on `load_device` (default: ComfyUI's torch device)."""
-    return comfy.model_patcher.ModelPatcher(module, load_device=load_device or mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+def wrap(module: torch.nn.Module, load_device: torch.device | None = None) -> comfy.model_patcher.ModelPatcher:
+    """A patcher of core's class for side models (`CoreModelPatcher`, which ComfyUI switches to its dynamic
+    patcher under Dynamic VRAM, read at call time; plain ModelPatcher where it does not exist), so a PuLID run
+    keeps the dynamic load path. load_device: default the torch device."""
+    cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return cls(module, load_device=load_device or mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
 class EvaClipModel:

@@ -16,14 +16,13 @@ import torch
 from comfy_api.latest import io
 
 from .. import encoders
+from ..encoders.face_analysis import PROVIDER_CHOICES, onnx_providers
 from ..integration.handles import EvaClipModel, PulidFlux, side_model_dtype
 from ..pulid.model import PulidFluxModel
 from . import paths
 from .types import CATEGORY_LOADERS, EvaClip, FaceAnalysis, Facexlib, PulidModel
 
 log = logging.getLogger(__name__)
-
-PROVIDERS = ["auto", "CPU", "CUDA", "ROCM", "CoreML"]  # onnxruntime execution providers offered for insightface
 
 
 def read_weights(path: str) -> dict[str, torch.Tensor]:
@@ -103,12 +102,6 @@ class EvaClipLoader(io.ComfyNode):
         return io.NodeOutput(EvaClipModel(load_weights(paths.EVA_CLIP, eva_file, build), eva_file))
 
 
-def _providers(choice: str) -> list[str] | None:
-    if choice == "auto":
-        return None  # encoders pick CUDA when onnxruntime offers it, else the CPU
-    return [f"{choice}ExecutionProvider"] + ([] if choice == "CPU" else ["CPUExecutionProvider"])
-
-
 class FaceAnalysisLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -122,9 +115,10 @@ class FaceAnalysisLoader(io.ComfyNode):
                                default=paths.ANTELOPEV2,
                                tooltip="Folder under models/insightface/models/ holding the .onnx files flat: "
                                        f"antelopev2 from {paths.MODEL_FILES[paths.INSIGHTFACE].source}."),
-                io.Combo.Input("provider", options=PROVIDERS, default="auto",
-                               tooltip="onnxruntime device: auto = CUDA when onnxruntime-gpu offers it, else CPU. "
-                                       "It runs once per reference image, so the CPU is fine."),
+                io.Combo.Input("provider", options=list(PROVIDER_CHOICES), default="auto",
+                               tooltip="onnxruntime device: auto = the CPU (these models run once per reference "
+                                       "image, and a GPU provider holds VRAM that ComfyUI can neither see nor free). "
+                                       "CUDA / ROCM: on the GPU, with an arena that grows only as needed."),
             ],
             outputs=[FaceAnalysis.Output(display_name="FACE_ANALYSIS")],
         )
@@ -136,7 +130,7 @@ class FaceAnalysisLoader(io.ComfyNode):
             if folder is None:
                 raise encoders.ModelFilesError(f"insightface pack {model_pack!r} is in none of "
                                                f"{[os.path.dirname(f) for f in paths.folders(paths.INSIGHTFACE)]}")
-            return io.NodeOutput(encoders.load_face_analyzer(folder, providers=_providers(provider)))
+            return io.NodeOutput(encoders.load_face_analyzer(folder, providers=onnx_providers(provider)))
         except encoders.ModelFilesError as e:
             raise paths.missing(paths.INSIGHTFACE, str(e)) from e
 

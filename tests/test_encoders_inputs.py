@@ -190,7 +190,7 @@ def test_onnx_providers(monkeypatch, caplog):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(importlib.metadata, "distribution", lambda name: object())  # both distributions "installed"
     with caplog.at_level(logging.INFO):
-        assert fa_mod.onnx_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert fa_mod.onnx_providers("CUDA") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert "both onnxruntime and onnxruntime-gpu are installed" in caplog.text
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"])
-    assert fa_mod.onnx_providers() == ["CPUExecutionProvider"]
+    assert fa_mod.onnx_providers("CUDA") == ["CPUExecutionProvider"]
