@@ -78,6 +78,10 @@ def fold_ca(ca: PerceiverAttentionCA, ids: Tensor) -> tuple[Tensor, Tensor, Tens
     return a, b, c
 
 
+def _same(t: Tensor) -> Tensor:
+    return t
+
+
 def _pad_tokens(t: Tensor, tokens: int, dim: int, value: float) -> Tensor:
     missing = tokens - t.shape[dim]
     if missing == 0:
@@ -134,10 +138,11 @@ class FoldedID(_IDTable):
         """(CA count, width, heads) the table was made for."""
         return self.a.shape[0], self.a.shape[2], self.heads
 
-    def residual(self, ca_index: int, img: Tensor, select: Tensor | None) -> Tensor:
+    def residual(self, ca_index: int, img: Tensor, select: Tensor | None, cast=_same) -> Tensor:
         """The CA output for image tokens img (rows, L, dim); select (rows,) picks each row's ID entry
-        (None: entry 0 for every row). Computed in the table's dtype."""
-        a, b, c = self.a[ca_index], self.b[ca_index], self.c[ca_index]
+        (None: entry 0 for every row). Computed in the table's dtype. cast: applied to the CA's tensors
+        (the caller moves a table left on another device)."""
+        a, b, c = (cast(t[ca_index]) for t in (self.a, self.b, self.c))
         if select is not None:
             a, b, c = a[select], b[select], c[select]
         x = F.layer_norm(img.to(a.dtype), img.shape[-1:], eps=self.eps)
@@ -172,18 +177,20 @@ class ReferenceID(_IDTable):
     def fits(self) -> tuple[int, int, int]:
         return len(self.cas), self.cas[0].dim, self.k.shape[2]
 
-    def residual(self, ca_index: int, img: Tensor, select: Tensor | None) -> Tensor:
+    def residual(self, ca_index: int, img: Tensor, select: Tensor | None, cast=_same) -> Tensor:
         ca = self.cas[ca_index]
-        k, v, bias = self.k[ca_index], self.v[ca_index], self.key_bias
+        k, v, bias = cast(self.k[ca_index]), cast(self.v[ca_index]), cast(self.key_bias)
         if select is not None:
             k, v, bias = k[select], v[select], bias[select]
         else:
             k, v, bias = (t.expand(img.shape[0], *t.shape[1:]) for t in (k, v, bias))
         x = img.to(k.dtype)
-        q = ca.to_q(ca.norm2(x))
+        norm = ca.norm2
+        x = F.layer_norm(x, (ca.dim,), *(None if w is None else cast(w) for w in (norm.weight, norm.bias)), norm.eps)
+        q = F.linear(x, cast(ca.to_q.weight))
         q = q.view(*q.shape[:2], ca.heads, ca.dim_head).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        return ca.to_out(out.transpose(1, 2).flatten(2))
+        return F.linear(out.transpose(1, 2).flatten(2), cast(ca.to_out.weight))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
