@@ -222,3 +222,46 @@ def test_core_multigpu_work_units_run_each_cond_with_its_role(base, kit):
     key = lambda c: (c["step"], c["rows"])  # noqa: E731 - pool threads log in any order
     assert sorted(log, key=key) == sorted(ref_log, key=key)
     check_log(log, (["negative", "positive"],) * 2)
+
+
+# --------------------------------------------------------------------------------------- devices
+def test_a_table_on_another_device_is_cast_per_call_not_refused(base, kit, monkeypatch):
+    """Under --novram (or a table moved back to the offload device mid-run) each CA's tensors are cast to the
+    call's device with comfy.model_management.cast_to. On the CPU the table claims another device."""
+    import comfy.model_management as mm
+
+    from comfyui_pulid_flux.pulid import fold
+
+    m = C.apply_id(base, kit)
+    ref = guide("cfg_guider", m)
+    table = next(iter(m.model_options["transformer_options"]["patches_replace"]["dit"].values())).applied.prepared.table
+    ours = {p.untyped_storage().data_ptr() for p in table.parameters()}
+    cast, real = [], mm.cast_to
+
+    def spy(t, *args, **kwargs):
+        if t.untyped_storage().data_ptr() in ours:
+            cast.append(kwargs.get("device"))
+        return real(t, *args, **kwargs)
+
+    monkeypatch.setattr(mm, "cast_to", spy)
+    monkeypatch.setattr(fold._IDTable, "weight_device", property(lambda self: torch.device("meta")))
+    assert torch.equal(guide("cfg_guider", m), ref)
+    assert cast and set(cast) == {torch.device("cpu")}
+
+
+def test_host_reads_once_per_step_with_true_cfg(base, kit, monkeypatch):
+    """PuLID reads the schedule once per run and the step's sigma once per step (no read per model call, none
+    more for true CFG): counted as tensor -> Python conversions over a run, against the plain model."""
+    reads = []
+    for name in ("__float__", "item", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _r=real, **k: (reads.append(1), _r(self, *a, **k))[1])
+
+    def count(model, kind):
+        reads.clear()
+        guide(kind, model, steps=4)
+        return len(reads)
+
+    for kind in ("cfg_guider", "dual_regular", "sag_pass", "ksampler"):
+        plain = count(base, kind)
+        assert count(C.apply_id(base, kit, cfg_start_step=2, start_step=1), kind) - plain <= 4 + 1, kind
