@@ -1,25 +1,16 @@
 """The sampler run as PuLID sees it: each cond list's role, each model call's step, the official CFG start.
 
-One `Runner` per MODEL holds the settings of every Apply on it (a chained Apply replaces it with one holding
-one more `Spec`; clones share it) and is two wrappers, present with the same calls in ComfyUI 0.3.64 and 0.33:
+One `Runner` per MODEL holds the timing of every Apply on it (a chained Apply replaces it with one more
+`Spec`) and is two wrappers, with the same calls in ComfyUI 0.3.64 and 0.33:
+* SAMPLER_SAMPLE: makes the run's private state from the guider's processed conds (roles, pulid/plan.py) and
+  the schedule, and wraps the per-step callback: calls made before `callback(i)` are step i.
+* CALC_COND_BATCH: hands its model calls the role of each evaluated list, the step and the step's sigma (read
+  once per step) in a copy of `model_options["transformer_options"]`, and applies the CFG start.
 
-* SAMPLER_SAMPLE (`executor.execute(guider, sigmas, extra_args, callback, ...)`): makes the run's private
-  state, reads the guider's processed conds (roles, pulid/plan.py) and the schedule once, and wraps the
-  per-step callback. A model call belongs to the step the sampler reports next: calls made before
-  `callback(i)` are step i (Heun's corrector at sigma[i+1] is step i). Every call of a step is gated with
-  the sigma of the step's first call, read once per step.
-* CALC_COND_BATCH: gives the calls it makes the role of each evaluated list, the step and its sigma, in a copy
-  of `model_options["transformer_options"]` (so threads and multi-GPU clones each see their own), and applies
-  the CFG start.
-
-The official true-CFG start (official flux/sampling.py denoise, `timestep_to_start_cfg`): before step
-`cfg_start_step` the negative pass is not made and the guider gets, in the negative's slot, the prediction
-of the conditioning the negative is contrasted with, so its formula gives what it gives at the negative's
-scale 1: the positive prediction for CFGGuider / KSampler, `middle + cfg_conds * (positive - middle)` for
-DualCFGGuider 'regular'. Guiders whose formula has no such reduction (DualCFGGuider 'nested', PerpNegGuider,
-BasicGuider, unknown guiders) run unchanged. The run's CFG start is the smallest `cfg_start_step` among the
-Applies whose ID acts at some step of the run (none acts: no CFG start), so it does not depend on the order
-of the Applies and an inactive Apply changes nothing.
+CFG start (official `timestep_to_start_cfg`): before the run's start step the negative pass is not made and its
+slot gets the prediction of the list it is contrasted with (positive; DualCFG regular: middle), i.e. the
+guider's formula at the negative's scale 1. Other guiders run unchanged. The run's start step is the smallest
+`cfg_start_step` among the Applies whose ID acts in the run (none: no CFG start). See docs/design.md.
 """
 
 from __future__ import annotations

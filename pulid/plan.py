@@ -1,14 +1,11 @@
 """One model call's PuLID plan (which rows get which ID entry, with what gate) and the ID term. Plain torch.
 
-The role rule, written here once: a conditioning plays the *unconditional* role when it is the guider's
-`negative` (CFGGuider / KSampler, DualCFGGuider, PerpNegGuider) or PerpNegGuider's `empty_negative_prompt`;
-the cond role when it is any other conditioning the guider holds (`positive`, DualCFG's `middle`). A cond list
-the guider does not hold (the PerpNeg node's empty conditioning, built in its CFG function; a negative
-rebuilt by another pack) is matched by its entries' uuids, and without a match it plays the unconditional
-role: core evaluates the guider's own lists for every pass on the positive (SAG, PAG and SLG all pass the
-guider's lists), so only unconditional passes come as lists of their own. Rows of the cond role get the
-cond ID; rows of the unconditional role get the uncond ID (uncond_mode 'uncond_id'), the cond ID ('same') or
-nothing ('none').
+The role rule, written here once: the guider's `negative` (CFGGuider / KSampler, DualCFGGuider,
+PerpNegGuider) and `empty_negative_prompt` play the unconditional role; every other conditioning it holds
+(`positive`, DualCFG's `middle`) the cond role. A list the guider does not hold takes the role of the guider
+list its entries' uuids come from, else the unconditional role (the PerpNeg node's empty conditioning: core
+passes the guider's own lists for every pass on the positive). Cond rows get the cond ID; unconditional rows the
+uncond ID ('uncond_id'), the cond ID ('same') or nothing ('none').
 """
 
 from __future__ import annotations
