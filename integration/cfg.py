@@ -74,10 +74,10 @@ class Runner:
     def sample(self, executor, guider, sigmas, extra_args, callback, *args, **kwargs):
         """SAMPLER_SAMPLE wrapper."""
         conds = getattr(guider, "conds", None) or {}
-        sampling = guider.inner_model.model_sampling
+        sampling = getattr(getattr(guider, "inner_model", None), "model_sampling", None)
         schedule = sigmas.tolist()  # the run's one read of the schedule
-        acting = [s.cfg_start for s in self.specs
-                  if acts_in_run(sigma_window(sampling, *s.percents), s.start_step, schedule)]
+        acting = [s.cfg_start for s in self.specs if sampling is None
+                  or acts_in_run(sigma_window(sampling, *s.percents), s.start_step, schedule)]
         partner = None if getattr(guider, "nested", False) else _PARTNER.get(frozenset(conds))
         run = _Run(role_maps(conds), min(acting, default=0), conds.get("negative"), partner and conds[partner])
         mo = extra_args.get("model_options") or {}
@@ -85,7 +85,8 @@ class Runner:
             **mo.get("transformer_options", {}), RUN_KEY: run}}}
 
         def step_done(step, *a, **k):
-            run.step, run.sigma = step + 1, None
+            if isinstance(step, int):
+                run.step, run.sigma = step + 1, None
             return None if callback is None else callback(step, *a, **k)
 
         return executor(guider, sigmas, extra_args, step_done, *args, **kwargs)
