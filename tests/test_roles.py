@@ -156,7 +156,8 @@ def test_an_inactive_or_weight_0_apply_in_a_chain_is_no_apply(base, kit, order):
 # --------------------------------------------------------------------------------------- threads
 def _forward(model, cond_or_uncond, barrier=None):
     x = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(3))
-    ctx, vec = L.CONDS["positive"][0][0], L.CONDS["positive"][0][1]["pooled_output"]
+    cond = L.CONDS[("positive", "negative")[cond_or_uncond[0]]][0]
+    ctx, vec = cond[0], cond[1]["pooled_output"]
     m = model
     if barrier is not None:  # every call waits inside the diffusion model until both are in flight
         from comfy.patcher_extension import WrappersMP
@@ -170,7 +171,7 @@ def _forward(model, cond_or_uncond, barrier=None):
 def test_concurrent_calls_on_clones_keep_their_own_plans(base, kit):
     m = C.apply_id(base, kit, attn_mask=torch.ones(1, 32, 32))
     clones = [m.clone(), m.clone()]
-    sequential = [_forward(c, (i,)) for i, c in enumerate(clones)]  # row role: 0 cond ID, 1 uncond ID
+    sequential = [_forward(c, (i,)) for i, c in enumerate(clones)]  # 0: positive, cond ID; 1: negative, uncond ID
     assert not torch.equal(*sequential)
     barrier, results, errors = threading.Barrier(2), [None, None], []
 
