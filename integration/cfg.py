@@ -1,32 +1,32 @@
-"""The official true-CFG start: no negative pass before step ``cfg_start_step``.
+"""The sampler run as PuLID sees it: each cond list's role, each model call's step, the official CFG start.
 
-The official denoise loop (official flux/sampling.py denoise) runs the negative prompt only when
-``i >= timestep_to_start_cfg`` (default 1) and uses the positive prediction alone before that. ComfyUI's
-CFG runs the negative pass on every step. This module adds a CALC_COND_BATCH wrapper (present, with the
-same call ``(model, conds, x_in, timestep, model_options)``, in ComfyUI 0.3.64 and 0.33) to a patched
-MODEL clone: before the start step it drops the negative conds, so their model call is never made, and
-returns the positive prediction in the negative slot. ComfyUI's cfg function then gives
-``uncond + (cond - uncond) * cfg = cond`` exactly, i.e. the official prediction. It runs outside the
-diffusion model (no graph break under torch.compile) and replaces no sampler.
+One `Runner` per MODEL holds the timing of every Apply on it (a chained Apply replaces it with one more
+`Spec`) and is two wrappers, with the same calls in ComfyUI 0.3.64 and 0.33:
+* SAMPLER_SAMPLE: makes the run's private state from the guider's processed conds (roles, pulid/plan.py) and
+  the schedule, and wraps the per-step callback: calls made before `callback(i)` are step i.
+* CALC_COND_BATCH: hands its model calls the role of each evaluated list, the step and the step's sigma (read
+  once per step) in a copy of `model_options["transformer_options"]`, and applies the CFG start.
 
-Only the plain two-cond CFG call (positive, negative) is touched; guiders with more conds (DualCFG,
-PerpNeg) and cfg 1 (ComfyUI already skips the negative pass) pass through unchanged. The step index is
-the position of the current sigma in the run's schedule (``transformer_options["sample_sigmas"]``): with
-split sampling (two samplers, or denoise < 1) each sampler counts from its own first step.
-
-It belongs to the Apply that set it: in a run where that Apply's ID acts at no step (its window lies outside
-the schedule), it does nothing either, so an inactive Apply leaves the graph exactly as without PuLID.
+CFG start (official `timestep_to_start_cfg`): before the run's start step the negative pass is not made and its
+slot gets the prediction of the list it is contrasted with (positive; DualCFG regular: middle), i.e. the
+guider's formula at the negative's scale 1. Other guiders run unchanged. The run's start step is the smallest
+`cfg_start_step` among the Applies whose ID acts in the run (none: no CFG start). See docs/design.md.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from comfy.patcher_extension import WrappersMP
-from torch import Tensor
 
-from ..pulid.schedule import is_active, sigma_window, step_index
+from ..pulid.plan import list_role, role_maps
+from ..pulid.schedule import acts_in_run, sigma_window
 
-CFG_WRAPPER_KEY = "pulid_flux_cfg_start"
+RUN_KEY = "pulid_flux_run"  # wrapper key, and transformer_options key of the run state
+CALL_KEY = "pulid_flux_call"  # transformer_options key of the calc_cond_batch in progress
+CFG_WRAPPER_KEY = RUN_KEY
 DEFAULT_CFG_START_STEP = 1  # official generate_image / denoise default timestep_to_start_cfg
+_PARTNER = {frozenset({"positive", "negative"}): "positive", frozenset({"positive", "middle", "negative"}): "middle"}
 
 
 def check_cfg_start_step(value) -> int:
@@ -36,57 +36,108 @@ def check_cfg_start_step(value) -> int:
     return int(value)
 
 
-class CFGStart:
-    """CALC_COND_BATCH wrapper: positive prediction only for steps < start_step. Immutable, shared by clones.
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One Apply's timing: ID window (percents), ID start step, CFG start step."""
 
-    id_percents / id_start_step: the ID timing of the Apply it belongs to (see the module docstring).
-    """
+    percents: tuple[float, float]
+    start_step: int
+    cfg_start: int
 
-    __slots__ = ("start_step", "id_percents", "id_start_step")
 
-    def __init__(self, start_step: int, id_percents: tuple[float, float] = (0.0, 1.0), id_start_step: int = 0):
-        object.__setattr__(self, "start_step", check_cfg_start_step(start_step))
-        object.__setattr__(self, "id_percents", tuple(id_percents))
-        object.__setattr__(self, "id_start_step", id_start_step)
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What the model calls of one calc_cond_batch read: role per evaluated list, step, the step's sigma."""
 
-    def __setattr__(self, name, value):
-        raise AttributeError(f"{type(self).__name__} is immutable")
+    roles: tuple
+    step: int
+    sigma: float
+
+
+class _Run:
+    """The private, mutable state of one sampler run (only the sampler's thread writes it)."""
+
+    __slots__ = ("maps", "cfg_start", "negative", "partner", "step", "sigma")
+
+    def __init__(self, maps, cfg_start, negative, partner):
+        self.maps, self.cfg_start, self.negative, self.partner = maps, cfg_start, negative, partner
+        self.step, self.sigma = 0, None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Runner:
+    specs: tuple[Spec, ...]
 
     def __deepcopy__(self, memo):
         return self
 
-    def skips(self, model, timestep, model_options) -> bool:
-        """Whether the call at `timestep` is before the start step in a run where the ID acts (unknown
-        schedule: never)."""
-        if self.start_step <= 0 or not isinstance(timestep, Tensor) or timestep.numel() == 0:
-            return False
-        to = model_options.get("transformer_options", {}) if isinstance(model_options, dict) else {}
-        schedule = to.get("sample_sigmas")
-        if isinstance(schedule, Tensor):
-            schedule = schedule.tolist()
-        idx = step_index(float(timestep.max()), schedule)
-        if idx is None or idx >= self.start_step:
-            return False
-        window = sigma_window(model.model_sampling, *self.id_percents)
-        return any(is_active(float(s), window, self.id_start_step, schedule) for s in schedule[:-1])
+    def sample(self, executor, guider, sigmas, extra_args, callback, *args, **kwargs):
+        """SAMPLER_SAMPLE wrapper."""
+        conds = getattr(guider, "conds", None) or {}
+        sampling = getattr(getattr(guider, "inner_model", None), "model_sampling", None)
+        schedule = sigmas.tolist()  # the run's one read of the schedule
+        acting = [s.cfg_start for s in self.specs if sampling is None
+                  or acts_in_run(sigma_window(sampling, *s.percents), s.start_step, schedule)]
+        partner = None if getattr(guider, "nested", False) else _PARTNER.get(frozenset(conds))
+        run = _Run(role_maps(conds), min(acting, default=0), conds.get("negative"), partner and conds[partner])
+        mo = extra_args.get("model_options") or {}
+        extra_args = {**extra_args, "model_options": {**mo, "transformer_options": {
+            **mo.get("transformer_options", {}), RUN_KEY: run}}}
+
+        def step_done(step, *a, **k):
+            if isinstance(step, int):
+                run.step, run.sigma = step + 1, None
+            return None if callback is None else callback(step, *a, **k)
+
+        return executor(guider, sigmas, extra_args, step_done, *args, **kwargs)
 
     def __call__(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
-        if (isinstance(conds, (list, tuple)) and len(conds) == 2 and conds[1] is not None
-                and self.skips(model, timestep, model_options)):
-            out = executor(model, [conds[0], None], x_in, timestep, model_options, *args, **kwargs)
-            return [out[0], out[0]]  # negative slot = positive prediction: cfg gives the positive exactly
-        return executor(model, conds, x_in, timestep, model_options, *args, **kwargs)
+        """CALC_COND_BATCH wrapper."""
+        to = model_options.get("transformer_options", {}) if isinstance(model_options, dict) else {}
+        run = to.get(RUN_KEY)
+        if run is None or not isinstance(conds, (list, tuple)):
+            return executor(model, conds, x_in, timestep, model_options, *args, **kwargs)
+        if run.sigma is None:
+            run.sigma = float(timestep.max())  # the step's sigma: one host read per step
+        at = {id(c): i for i, c in enumerate(conds) if c is not None}
+        skip = None
+        if run.step < run.cfg_start and run.partner is not None and id(run.negative) in at and id(run.partner) in at:
+            skip = (at[id(run.negative)], at[id(run.partner)])
+            conds = [None if i == skip[0] else c for i, c in enumerate(conds)]
+        call = Call(tuple(list_role(c, run.maps) for c in conds), run.step, run.sigma)
+        mo = {**model_options, "transformer_options": {**to, CALL_KEY: call}}
+        out = executor(model, conds, x_in, timestep, mo, *args, **kwargs)
+        if skip is not None:
+            out = list(out)
+            out[skip[0]] = out[skip[1]]
+        return out
+
+
+def _runner(model) -> Runner | None:
+    found = model.get_wrappers(WrappersMP.CALC_COND_BATCH, RUN_KEY)
+    return found[0] if found else None
+
+
+def _set_runner(model, runner: Runner):
+    for kind in (WrappersMP.SAMPLER_SAMPLE, WrappersMP.CALC_COND_BATCH):
+        model.remove_wrappers_with_key(kind, RUN_KEY)
+    model.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, RUN_KEY, runner.sample)
+    model.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, RUN_KEY, runner)
+    return model
+
+
+def add_run_spec(model, percents: tuple[float, float], start_step: int, cfg_start_step: int = 0):
+    """Add one Apply's timing to the run of a MODEL clone that `model` owns (its own wrapper lists only)."""
+    runner = _runner(model)
+    spec = Spec(tuple(percents), start_step, check_cfg_start_step(cfg_start_step))
+    return _set_runner(model, Runner((*(runner.specs if runner else ()), spec)))
 
 
 def set_cfg_start(model, start_step: int, id_percents: tuple[float, float] = (0.0, 1.0), id_start_step: int = 0):
-    """Give a MODEL clone that `model` owns (e.g. the one apply_pulid_flux returned) the official CFG start.
-
-    Mutates `model`'s own wrapper list only (never an upstream clone's: ModelPatcher.clone copies the lists).
-    One setting per model: a later call replaces an earlier one. start_step 0 removes it. id_percents /
-    id_start_step: the Apply's ID timing; in a run where the ID acts at no step the CFG start does nothing.
-    """
+    """Set the CFG start of the last Apply on `model` (a clone it owns, e.g. what apply_pulid_flux returned);
+    on a model without Apply, add one timing (id_percents, id_start_step) with it. 0: ComfyUI's CFG."""
     start_step = check_cfg_start_step(start_step)
-    model.remove_wrappers_with_key(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY)
-    if start_step > 0:
-        model.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY, CFGStart(start_step, id_percents, id_start_step))
-    return model
+    runner = _runner(model)
+    if runner is None:
+        return add_run_spec(model, id_percents, id_start_step, start_step)
+    return _set_runner(model, Runner((*runner.specs[:-1], replace(runner.specs[-1], cfg_start=start_step))))

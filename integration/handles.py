@@ -15,7 +15,7 @@ from ..pulid.config import FLUX_DEV
 from ..pulid.embedding import IDEmbedding
 from ..pulid.fusion import fuse_tokens, joint_tokens, parse_weights
 from ..pulid.model import PulidFluxModel
-from .cfg import DEFAULT_CFG_START_STEP, set_cfg_start
+from .cfg import DEFAULT_CFG_START_STEP
 from .patch import apply_pulid_flux
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,4 @@ class PulidFlux:
 
     def apply(self, model, identity, cfg_start_step: int = DEFAULT_CFG_START_STEP, **options):
         """`apply_pulid_flux` (its options) plus the official CFG start; weight 0 returns `model` itself."""
-        patched = apply_pulid_flux(model, self, identity, **options)
-        if patched is not model:
-            set_cfg_start(patched, cfg_start_step, (options.get("start_percent", 0.0), options.get("end_percent", 1.0)),
-                          options.get("start_step", 0))
-        return patched
+        return apply_pulid_flux(model, self, identity, cfg_start_step=cfg_start_step, **options)

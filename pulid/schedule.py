@@ -9,21 +9,16 @@ Pure helpers; the ComfyUI `model_sampling` object enters only as an argument.
   end_percent 1 no lower bound. Being sigmas, the percents mean the same noise levels whatever part of the
   schedule one sampler runs (split sampling, denoise < 1).
 * ``start_step`` is the official semantics (official flux/sampling.py denoise): the ID is given to the
-  model call of step ``i`` only when ``i >= start_step``. The step index is recovered from the schedule of
-  the sampler run in progress (``transformer_options["sample_sigmas"]``) by matching the current sigma, so
-  it counts from the first step of each sampler: a second sampler of a split run, or a run with
-  denoise < 1, starts again at step 0.
+  model calls of step ``i`` only when ``i >= start_step``. The integration decides the step of a call (the
+  step the sampler reports when it ends, see docs/design.md) and gates every call of that step with the
+  step's sigma, the one its first call runs at. Steps count from each sampler run's first step: a second
+  sampler of a split run, or a run with denoise < 1, starts again at step 0.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-
-# Sigma matching tolerance: schedules are float32 tensors, the current sigma comes from the same tensor
-# (possibly after a dtype/device round trip), so a relative 1e-5 separates neighbours of any real schedule.
-SIGMA_REL_TOL = 1e-5
-SIGMA_ABS_TOL = 1e-7
 
 
 def check_window(start_percent: float, end_percent: float, start_step: int) -> tuple[float, float, int]:
@@ -54,30 +49,13 @@ def in_window(sigma: float, window: tuple[float, float]) -> bool:
     return sigma_end <= sigma <= sigma_start
 
 
-def step_index(sigma: float, sample_sigmas: Sequence[float] | None) -> int | None:
-    """Index of the sampling step whose model call runs at `sigma`, or None without a schedule.
-
-    An exact (isclose) match gives that index. A sigma between two schedule entries (the second
-    evaluation of Heun/DPM-2 style samplers) belongs to the step that started above it.
-    """
-    if sample_sigmas is None or len(sample_sigmas) == 0:
-        return None
-    for i, s in enumerate(sample_sigmas):
-        if math.isclose(s, sigma, rel_tol=SIGMA_REL_TOL, abs_tol=SIGMA_ABS_TOL):
-            return i
-    above = sum(1 for s in sample_sigmas if s > sigma)
-    return max(above - 1, 0)
-
-
-def is_active(sigma: float | None, window: tuple[float, float], start_step: int,
-              sample_sigmas: Sequence[float] | None) -> bool:
-    """Whether a model call at `sigma` gets the ID (no sigma known: always)."""
-    if sigma is None:
-        return True
-    if not in_window(sigma, window):
+def is_active(sigma: float | None, window: tuple[float, float], start_step: int, step: int | None) -> bool:
+    """Whether a model call of sampler step `step` (None: unknown) at `sigma` (None: unknown) gets the ID."""
+    if sigma is not None and not in_window(sigma, window):
         return False
-    if start_step > 0:
-        idx = step_index(sigma, sample_sigmas)
-        if idx is not None and idx < start_step:
-            return False
-    return True
+    return step is None or step >= start_step
+
+
+def acts_in_run(window: tuple[float, float], start_step: int, schedule: Sequence[float]) -> bool:
+    """Whether the ID acts at some step of a run with this schedule (step i runs at schedule[i])."""
+    return any(is_active(s, window, start_step, i) for i, s in enumerate(schedule[:-1]))

@@ -287,8 +287,8 @@ def instrument_tables(monkeypatch) -> list:
     for cls in (fold.FoldedID, fold.ReferenceID):
         real = cls.residual
 
-        def logged(self, ca_index, img, select, real=real):
-            out = real(self, ca_index, img, select)
+        def logged(self, ca_index, img, select, *cast, real=real):
+            out = real(self, ca_index, img, select, *cast)
             log.append(("attend", ca_index, img.shape[0], select, img.shape[1], out, self))
             return out
 

@@ -173,9 +173,9 @@ def test_cfg_start_zero_runs_comfyui_cfg_on_every_step(denoise_setup):
     emb = IDEmbedding(tokens=io["in.id"], uncond=io["in.uncond_id"])
     model = apply_pulid_flux(base, pp, emb, weight=case["id_weight"], start_step=case["start_step"])
     set_cfg_start(model, case["timestep_to_start_cfg"])
-    assert len(model.get_wrappers(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY)) == 1
+    assert [s.cfg_start for s in model.get_wrappers(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY)[0].specs] == [1]
     set_cfg_start(model, 0)
-    assert model.get_wrappers(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY) == []
+    assert [s.cfg_start for s in model.get_wrappers(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY)[0].specs] == [0]
     log: list = []
     model = model.clone()
     model.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_probe", _call_log_probe(log))
@@ -192,7 +192,8 @@ def test_set_cfg_start_leaves_the_input_model_alone(denoise_setup):
     m = base.clone()
     set_cfg_start(m, 3)
     set_cfg_start(m, 2)  # replaces, never stacks
-    assert [w.start_step for w in m.get_wrappers(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY)] == [2]
+    [runner] = m.get_wrappers(WrappersMP.CALC_COND_BATCH, CFG_WRAPPER_KEY)
+    assert [s.cfg_start for s in runner.specs] == [2]
     assert {k: {kk: list(vv) for kk, vv in v.items()} for k, v in base.wrappers.items()} == before
     for bad in (-1, 1.5, True, "1"):
         with pytest.raises(ValueError, match="cfg_start_step"):

@@ -11,6 +11,7 @@ if COMFYUI_ROOT is None:
     pytest.skip(NO_COMFYUI, allow_module_level=True)
 setup_comfyui()
 
+import _compat as C  # noqa: E402
 import _tiny_flux as T  # noqa: E402
 
 from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
@@ -67,3 +68,19 @@ def test_chroma_that_does_not_fit_the_pulid_file_is_refused(chroma):
     radiance.model.__class__ = comfy.model_base.ChromaRadiance  # a Chroma subclass with another token layout
     with pytest.raises(ValueError, match=r"needs a Flux\.1 or Chroma MODEL .*ChromaRadiance"):
         apply_pulid_flux(radiance, pp, T.tiny_embedding())
+
+
+def test_chroma_with_a_reference_latent_counts_no_reference_tokens(chroma):
+    """Chroma inherits Flux's ref_latents extra cond but keeps the references out of its sequence: the ID lands
+    on the same tokens as without the reference, so the images are bit-identical."""
+    from comfy_extras.nodes_edit_model import ReferenceLatent
+
+    base, pp = chroma
+    reference = {"samples": torch.randn(1, T.TINY_FLUX["in_channels"], 6, 4, generator=torch.Generator().manual_seed(4))}
+    positive = T.tiny_chroma_cond(0)
+    with_ref = C.run_node(ReferenceLatent, conditioning=positive, latent=reference)[0]
+    m = apply_pulid_flux(base, pp, T.tiny_embedding())
+    plain_ref = T.sample(base, steps=2, cfg=1.0, positive=with_ref)
+    assert torch.equal(plain_ref, T.sample(base, steps=2, cfg=1.0, positive=positive))  # Chroma ignores it
+    out = T.sample(m, steps=2, cfg=1.0, positive=with_ref)
+    assert torch.equal(out, T.sample(m, steps=2, cfg=1.0, positive=positive)) and not torch.equal(out, plain_ref)

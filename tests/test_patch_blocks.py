@@ -250,7 +250,9 @@ def test_wrapper_forwards_every_argument(env):
     c = torch.zeros(1, 3, 8)
     extra = dict(y=torch.zeros(1, 4), guidance=None, ref_latents_method="index", future=object())
     assert planner(Executor(), x, SIGMA, None, c, None, to, **extra) == "ok"
-    assert seen["args"] == (x, SIGMA, None, c, None, to) and seen["kwargs"] == extra
+    assert seen["args"][:5] == (x, SIGMA, None, c, None) and seen["kwargs"] == extra
+    passed = seen["args"][5]  # the call's options, plus this apply's plan under its own key
+    assert passed is not to and all(passed[k] is v for k, v in to.items()) and len(passed) == len(to) + 1
     assert to == options() | {"unknown_future_key": to["unknown_future_key"]}  # nothing written into the options
     assert planner(Executor(), x=x, t=SIGMA, c_crossattn=c, transformer_options=to) == "ok"  # by name too
 

@@ -14,11 +14,11 @@ from comfyui_pulid_flux.pulid.regional import (  # noqa: E402
     token_weights,
 )
 from comfyui_pulid_flux.pulid.schedule import (  # noqa: E402
+    acts_in_run,
     check_window,
     in_window,
     is_active,
     sigma_window,
-    step_index,
 )
 
 
@@ -29,25 +29,15 @@ class FluxLikeSampling:
         return 1.0 - p
 
 
-def test_step_index_matches_the_official_schedules(golden):
-    """The official shifted schedules of the flux_denoise sidecar (the tiny one and the full-size examples)."""
-    meta = golden("flux_denoise").meta
-    schedules = [meta["timesteps"], *meta.get("example_full_size_schedules", {}).values()]
-    for schedule in schedules:
-        for i, s in enumerate(schedule[:-1]):
-            assert step_index(torch.tensor(s, dtype=torch.float32).item(), schedule) == i  # float32 round trip
-            # a later evaluation inside the same step (2-stage samplers) belongs to that step
-            assert step_index((s + schedule[i + 1]) / 2, schedule) == i
-    assert step_index(0.5, None) is None
-
-
 def test_start_step_and_window():
     schedule = [1.0, 0.75, 0.5, 0.25, 0.0]
     full = (1.0, 0.0)
-    assert [is_active(s, full, 2, schedule) for s in schedule[:-1]] == [False, False, True, True]
-    assert [is_active(s, (0.8, 0.3), 0, schedule) for s in schedule[:-1]] == [False, True, True, False]
-    assert is_active(None, (0.1, 0.0), 5, schedule)  # no sigma known: nothing to gate on
+    assert [is_active(s, full, 2, i) for i, s in enumerate(schedule[:-1])] == [False, False, True, True]
+    assert [is_active(s, (0.8, 0.3), 0, i) for i, s in enumerate(schedule[:-1])] == [False, True, True, False]
+    assert is_active(None, (0.1, 0.0), 5, None)  # neither sigma nor step known: nothing to gate on
     assert in_window(0.5, (0.5, 0.5))
+    assert acts_in_run(full, 3, schedule) and not acts_in_run(full, 4, schedule)
+    assert not acts_in_run((0.8, 0.3), 3, schedule) and acts_in_run((0.8, 0.3), 2, schedule)
 
 
 def test_window_ends_are_open():
@@ -56,7 +46,7 @@ def test_window_ends_are_open():
     ms = FluxLikeSampling()
     start, end = sigma_window(ms, 0.0, 1.0)
     assert start == float("inf") and end == float("-inf")
-    assert is_active(1.6, (start, end), 0, [1.6, 1.1, 0.5, 0.0])
+    assert is_active(1.6, (start, end), 0, 0)
     assert sigma_window(ms, 0.25, 0.75) == (0.75, 0.25)
     assert not is_active(1.6, sigma_window(ms, 0.1, 1.0), 0, None)
 

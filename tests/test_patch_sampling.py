@@ -13,6 +13,7 @@ setup_comfyui()
 
 import _tiny_flux as T  # noqa: E402
 
+from comfyui_pulid_flux.integration import patch as P  # noqa: E402
 from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
 
 
@@ -76,8 +77,8 @@ def test_upstream_and_diffusion_model_untouched(setup):
     assert T.module_attrs(dm) == attrs  # no attribute set on the diffusion model or any submodule
     assert "forward_orig" not in dm.__dict__ and type(dm).forward_orig is forward_orig
     for model in (m, m2):  # no call state outlives its call
-        assert all(p.applied.call_slot.plan is None for p in model.model_options["transformer_options"]["patches_replace"]
-                   ["dit"].values())
+        assert all(getattr(P._local, p.applied.key, None) is None
+                   for p in model.model_options["transformer_options"]["patches_replace"]["dit"].values())
     # a graph without PuLID sampled after one with PuLID is bit-identical to a fresh one
     assert torch.equal(T.sample(base, cfg=2.0), fresh)
     assert torch.equal(T.sample(base.clone(), cfg=2.0), fresh)
@@ -227,7 +228,8 @@ def test_bad_mask_batch_fails_at_sampling_and_leaves_the_model_clean(setup):
     m = apply_pulid_flux(base, pp, T.tiny_embedding(), mask=torch.ones(3, 32, 32))
     with pytest.raises(ValueError, match=r"mask batch 3 matches neither 1 nor the latent batch 2"):
         T.sample(m, batch=2)
-    assert m.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)].applied.call_slot.plan is None
+    assert getattr(P._local, m.model_options["transformer_options"]["patches_replace"]["dit"][("double_block", 0)]
+                   .applied.key, None) is None
     assert torch.equal(T.sample(base, batch=2), fresh)
     ok = T.sample(apply_pulid_flux(base, pp, T.tiny_embedding(), mask=torch.ones(2, 48, 40)), batch=2)
     assert torch.isfinite(ok).all()
