@@ -28,8 +28,10 @@ import itertools
 import math
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 
 import comfy.model_base
+import comfy.model_management as mm
 from comfy.patcher_extension import WrappersMP
 from torch import Tensor
 
@@ -139,8 +141,11 @@ def _with_id(applied: _AppliedID, ca_index: int, x: Tensor, single: bool, to) ->
             "PuLID block patch called outside a model call it planned (the PuLID apply_model wrapper did not run "
             f"for these {x.shape[0]} rows); call the model through ComfyUI's apply_model"
         )
-    table = applied.prepared.table  # a table left on another device is cast per call (pulid/fold.py)
-    return add_id(plan, x, single, lambda img, select: table.residual(ca_index, img, select))
+    table = applied.prepared.table
+    cast = None
+    if table.weight_device != x.device:  # left on (or moved back to) another device: cast, as comfy.ops does
+        cast = partial(mm.cast_to, non_blocking=mm.device_supports_non_blocking(x.device))
+    return add_id(plan, x, single, lambda img, select: table.residual(ca_index, img, select, cast))
 
 
 # --------------------------------------------------------------------------------------- patch objects

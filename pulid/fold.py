@@ -88,7 +88,9 @@ class _IDTable(nn.Module):
     def weight_device(self) -> torch.device:
         return getattr(self, self.LEAD).device
 
-    def _at(self, t: Tensor, like: Tensor) -> Tensor:
+    def _at(self, t: Tensor, like: Tensor, cast=None) -> Tensor:
+        """t on `like`'s device in the compute dtype; cast(t, device=...): the caller's device copy (ComfyUI's)."""
+        t = t if cast is None else cast(t, device=like.device)
         return t.to(device=like.device, dtype=self.compute_dtype, non_blocking=True)
 
 
@@ -134,10 +136,10 @@ class FoldedID(_IDTable):
         b = self.b.float()
         return bool(self.a.isfinite().all() and self.c.isfinite().all() and not (b.isnan() | (b == float("inf"))).any())
 
-    def residual(self, ca_index: int, img: Tensor, select: Tensor | None) -> Tensor:
+    def residual(self, ca_index: int, img: Tensor, select: Tensor | None, cast=None) -> Tensor:
         """The CA output for image tokens img (rows, L, dim), in the table's dtype; select (rows,) picks each
         row's entry (None: entry 0 for every row). The logits are computed in float32."""
-        a, b, c = (self._at(t[ca_index], img) for t in (self.a, self.b, self.c))
+        a, b, c = (self._at(t[ca_index], img, cast) for t in (self.a, self.b, self.c))
         if select is not None:
             a, b, c = a[select], b[select], c[select]
         x = F.layer_norm(img.float(), img.shape[-1:], eps=self.eps)
@@ -174,19 +176,19 @@ class ReferenceID(_IDTable):
     def finite(self) -> bool:
         return bool(self.k.isfinite().all() and self.v.isfinite().all())
 
-    def residual(self, ca_index: int, img: Tensor, select: Tensor | None) -> Tensor:
+    def residual(self, ca_index: int, img: Tensor, select: Tensor | None, cast=None) -> Tensor:
         norm, to_q, to_out = self.cas[ca_index]
-        k, v, bias = (self._at(t, img) for t in (self.k[ca_index], self.v[ca_index], self.key_bias))
+        k, v, bias = (self._at(t, img, cast) for t in (self.k[ca_index], self.v[ca_index], self.key_bias))
         if select is not None:
             k, v, bias = k[select], v[select], bias[select]
         else:
             k, v, bias = (t.expand(img.shape[0], *t.shape[1:]) for t in (k, v, bias))
-        w, bn = (None if p is None else self._at(p, img) for p in (norm.weight, norm.bias))
+        w, bn = (None if p is None else self._at(p, img, cast) for p in (norm.weight, norm.bias))
         x = F.layer_norm(self._at(img, img), img.shape[-1:], w, bn, self.eps)
-        q = F.linear(x, self._at(to_q.weight, img))
+        q = F.linear(x, self._at(to_q.weight, img, cast))
         q = q.view(*q.shape[:2], k.shape[1], k.shape[-1]).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return F.linear(out.transpose(1, 2).flatten(2), self._at(to_out.weight, img))
+        return F.linear(out.transpose(1, 2).flatten(2), self._at(to_out.weight, img, cast))
 
 
 @dataclass(frozen=True, slots=True, eq=False)

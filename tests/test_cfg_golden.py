@@ -51,10 +51,10 @@ def _first_hook_probe(model, monkeypatch, log: list):
     for table in (fold.FoldedID, fold.ReferenceID):
         residual = table.residual
 
-        def logged(self, ca_index, img, select, _residual=residual):
+        def logged(self, ca_index, img, select, *args, _residual=residual, **kwargs):
             if ca_index == 0:
                 log.append(("ca0", img.clone(), None if select is None else select.tolist()))
-            return _residual(self, ca_index, img, select)
+            return _residual(self, ca_index, img, select, *args, **kwargs)
 
         monkeypatch.setattr(table, "residual", logged)
     return hook
