@@ -83,30 +83,6 @@ def golden_pulid_model(g, idformer_golden) -> PulidFluxModel:
     return m.eval().requires_grad_(False)
 
 
-def tiny_pipeline(transformer, seed: int = 0):
-    """A FluxPipeline around `transformer` with tiny random CLIP + T5 text encoders and VAE, all built here."""
-    from _diffusers_text import tiny_tokenizers
-    from diffusers import AutoencoderKL, FluxPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    cfg = transformer.config
-    clip = CLIPTextModel(CLIPTextConfig(hidden_size=cfg.pooled_projection_dim, intermediate_size=37, num_hidden_layers=1,
-                                        num_attention_heads=2, vocab_size=1000, max_position_embeddings=77,
-                                        projection_dim=cfg.pooled_projection_dim)).eval()
-    t5 = T5EncoderModel(T5Config(d_model=cfg.joint_attention_dim, d_ff=37, d_kv=8, num_layers=1, num_heads=2,
-                                 vocab_size=1000, relative_attention_num_buckets=8)).eval()
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-                        latent_channels=cfg.in_channels // 4, norm_num_groups=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-                        scaling_factor=1.5035).eval()
-    tok, tok2 = tiny_tokenizers()
-    return FluxPipeline(scheduler=flux_scheduler(),
-                        vae=vae, text_encoder=clip, tokenizer=tok, text_encoder_2=t5, tokenizer_2=tok2,
-                        transformer=transformer)
-
-
 def flux_scheduler():
     """FlowMatchEulerDiscreteScheduler as FLUX.1-dev's scheduler_config.json sets it up."""
     from diffusers import FlowMatchEulerDiscreteScheduler
