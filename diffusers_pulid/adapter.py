@@ -151,7 +151,7 @@ class PulidFluxAdapter:
     def _block_hook(self, ca_index: int):
         def hook(module, args, output):
             call = self.call
-            if call is None or (not call.active and not torch.compiler.is_compiling()):
+            if call is None or (not torch.compiler.is_compiling() and not call.active):
                 return None
             txt, img = output
             res = self.table.residual(ca_index, img, call.select)
