@@ -36,11 +36,11 @@ def _randomize(module: torch.nn.Module, seed: int, scale: float) -> torch.nn.Mod
     return module.eval().requires_grad_(False)
 
 
-def tiny_transformer(seed: int = 0):
+def tiny_transformer(seed: int = 0, **overrides):
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
-    return FluxTransformer2DModel(**TINY_TRANSFORMER).eval().requires_grad_(False)
+    return FluxTransformer2DModel(**{**TINY_TRANSFORMER, **overrides}).eval().requires_grad_(False)
 
 
 def tiny_pulid_model(transformer, seed: int = 1, dtype=torch.float32):

@@ -17,7 +17,8 @@ def test_compiled_blocks_no_graph_break_no_recompile_across_steps():
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    pipe = DT.tiny_pipeline()
+    # 2 double + 2 single blocks: a hooked and a plain block of each kind
+    pipe = DT.tiny_pipeline(DT.tiny_transformer(num_layers=2, num_single_layers=2))
     pipe.set_progress_bar_config(disable=True)
     pm = DT.tiny_pulid_model(pipe.transformer)
     per_step: list[tuple[int, int, int]] = []
