@@ -66,14 +66,16 @@ def build(depth: int, single: int, image_tokens: int, text_tokens: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--large", action="store_true")
-    ap.add_argument("--calls", type=int, default=12)
+    ap.add_argument("--calls", type=int, default=6)
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--single", type=int, default=4)
     ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_ROOT"))
     args = ap.parse_args()
     library()
     from pulid_flux_id.diffusers_pulid import attach
 
     image_tokens, text_tokens = (1024, 512) if args.large else (256, 128)
-    tr, pm, ident, inputs = build(2, 4, image_tokens, text_tokens)
+    tr, pm, ident, inputs = build(args.depth, args.single, image_tokens, text_tokens)
     times: dict[str, list[float]] = {"plain": [], "folded": [], "reference": []}
     with torch.no_grad():
         for i in range(args.calls + 2):
@@ -90,14 +92,16 @@ def main() -> None:
     plain = statistics.median(times["plain"])
     print(f"diffusers FluxTransformer2DModel, {image_tokens} image + {text_tokens} text tokens, fp32 CPU, "
           f"median of {args.calls}:")
+    print(f"  {pm.num_ca} ID cross-attentions on {args.depth} double + {args.single} single blocks", flush=True)
     for name, ts in times.items():
         med = statistics.median(ts)
         extra = "" if name == "plain" else f"   ID share of a call: {med / plain - 1:+.1%}"
-        print(f"  {name:10s} {med * 1e3:8.1f} ms{extra}")
+        print(f"  {name:10s} {med * 1e3:8.1f} ms{extra}", flush=True)
     if args.comfyui:
         print("ComfyUI (bench/step_overhead.py, same geometry):")
         cmd = [sys.executable, str(ROOT / "bench" / "step_overhead.py"), "--comfyui", args.comfyui, "--no-compile",
-               "--calls", str(args.calls)] + (["--large"] if args.large else [])
+               "--calls", str(args.calls), "--depth", str(args.depth), "--single", str(args.single)]
+        cmd += ["--large"] if args.large else []
         out = subprocess.run(cmd, capture_output=True, text=True).stdout
         for line in out.splitlines():
             if "overhead" in line.lower() or "median" in line.lower():
