@@ -48,8 +48,10 @@ def build(depth: int, single: int, image_tokens: int, text_tokens: int):
     tr = tr.eval().requires_grad_(False)
     meta = PulidFluxModel.from_config(FLUX_DEV, device="meta")
     ca = dict(meta.ca_args, dim=heads * head_dim)
-    pm = PulidFluxModel(meta.encoder_args, ca, ca_layout(depth, single).num_ca).eval().requires_grad_(False)
-    for p in pm.parameters():
+    pm = PulidFluxModel(meta.encoder_args, ca, ca_layout(depth, single).num_ca, device="meta")
+    pm.pulid_ca.to_empty(device="cpu")  # the encoder stays on meta: sampling needs the CAs only
+    pm = pm.eval().requires_grad_(False)
+    for p in pm.pulid_ca.parameters():
         torch.nn.init.normal_(p, std=0.02)
     ident = IDEmbedding(tokens=torch.randn(1, FLUX_DEV.num_id_queries, FLUX_DEV.id_dim),
                         uncond=torch.randn(1, FLUX_DEV.num_id_queries, FLUX_DEV.id_dim))
