@@ -104,10 +104,11 @@ def main() -> None:
         cmd = [sys.executable, str(ROOT / "bench" / "step_overhead.py"), "--comfyui", args.comfyui, "--no-compile",
                "--calls", str(args.calls), "--depth", str(args.depth), "--single", str(args.single)]
         cmd += ["--large"] if args.large else []
-        out = subprocess.run(cmd, capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if "overhead" in line.lower() or "median" in line.lower():
-                print("  " + line.strip())
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
+        picked = [ln for ln in lines if "overhead" in ln.lower() or "median" in ln.lower()] or lines[-12:]
+        for line in picked or [f"step_overhead.py failed ({r.returncode}): {r.stderr.strip()[-500:]}"]:
+            print("  " + line)
     else:
         print("(pass --comfyui <ComfyUI checkout> to print the ComfyUI figure beside)")
 
