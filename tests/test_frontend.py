@@ -240,6 +240,44 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
         page.close()
 
 
+# The missing-models list: a dialog (pinned frontends), or the "Missing Models" section of the issues panel that
+# the toast's "View details" opens (newer ones). Not the whole page: the note on the canvas names the files too.
+MISSING = """(() => {
+  const seen = e => e.offsetParent !== null || e.getClientRects().length;
+  const dialogs = [...document.querySelectorAll('.p-dialog, [role=dialog]')].filter(seen).map(d => d.innerText);
+  if (dialogs.some(t => t.includes('Missing Models'))) return dialogs.join('\\n');
+  const details = [...document.querySelectorAll('button')].find(b => seen(b) && b.innerText.trim() === 'View details');
+  if (details) { details.click(); return null; }
+  const boxes = [...document.querySelectorAll('div, section')].filter(e => seen(e) && e.innerText
+    && e.innerText.includes('Missing Models') && e.innerText.includes('Download'));
+  return boxes.length ? boxes.reduce((a, b) => (a.innerText.length <= b.innerText.length ? a : b)).innerText : null;
+})()"""
+
+
+def test_missing_models_dialog_lists_every_file_of_the_basic_workflow(frontend):
+    """With the model files absent, opening the basic workflow makes the frontend list every file a loader's widget
+    names, with its download (the face models, which no widget names, come from install.py --models)."""
+    files = {name: frontend["base"] / "models" / MODELS[name][1] / name for name in MODELS}
+    hidden = {name: path.with_name("." + name) for name, path in files.items()}  # hidden files are not listed
+    wanted = [m["name"] for n in load_workflow("pulid_flux_basic")["nodes"]
+              for m in n.get("properties", {}).get("models", []) if m["name"] in n["widgets_values"]]
+    assert sorted(wanted) == sorted(MODELS), wanted
+    for name in files:  # before the page loads: its /object_info and model lists then lack the files
+        files[name].rename(hidden[name])
+    page = frontend["browser"].page()
+    try:
+        page.goto(frontend["server"].url + "/", width=1920, height=1080)
+        page.wait_for(READY, 120, f"frontend ({frontend['label']}) ready")
+        page.js(LOAD % (json.dumps(load_workflow("pulid_flux_basic")), json.dumps("pulid_flux_basic.json"), "[]"))
+        text = page.wait_for(MISSING, 30, f"the missing-models dialog ({frontend['label']})")
+        missing = [name for name in wanted if name not in text]
+        assert not missing, f"frontend {frontend['label']}: the dialog lacks {missing}:\n{text}"
+    finally:
+        page.close()
+        for name in files:
+            hidden[name].rename(files[name])
+
+
 def test_save_id_shows_the_saved_name_on_the_node(frontend):
     """web/node_text.js draws the name the node sends to the UI (ui.PreviewText) on the node."""
     page = frontend["browser"].page()

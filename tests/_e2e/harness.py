@@ -17,6 +17,7 @@ from . import ui_to_api
 from .comfy_models import CLIP_L_FILE, FLUX_FILE, VAE_FILE
 from .pack_models import EVA_FILE, PULID_FILE, model_paths_yaml_sections
 from .server import PACK_DIR_NAME, ComfyServer, PromptResult
+from .workflow_specs import EXAMPLE_FACE
 
 PACK = Path(__file__).resolve().parent.parent.parent
 WORKFLOWS = PACK / "workflows"
@@ -49,6 +50,7 @@ def reference_images() -> dict[str, bytes]:
         return buf.getvalue()
 
     faces = {
+        EXAMPLE_FACE: ((32, 32, 64, 230),),  # every shipped LoadImage names it; over the pack's real photo
         "pulid_reference.png": ((32, 32, 64, 230),),
         "pulid_reference_1.png": ((32, 32, 64, 230),),
         "pulid_reference_2.png": ((40, 24, 64, 220),),

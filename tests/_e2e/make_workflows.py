@@ -32,10 +32,40 @@ PACK = HERE.parent.parent
 OUT = PACK / "workflows"
 
 JS = """(async () => {
-  const data = %s;
+  const data = %s, layout = %s;
   await app.loadGraphData(data, true, true, null, {showMissingNodesDialog: false, showMissingModelsDialog: false});
   await new Promise(r => setTimeout(r, 300));
+  // stack each column by the nodes' real sizes, groups left to right with a gap, each group boxing its nodes
+  const g = app.rootGraph ?? app.graph, node = id => g.getNodeById(Number(id));
+  const TITLE = LiteGraph.NODE_TITLE_HEIGHT || 30, GAP = 40, PAD = 20, GTITLE = 40;
+  const groupOf = {};
+  layout.groups.forEach(([title, ids], i) => ids.forEach(id => { groupOf[id] = i; }));
+  const cols = {};
+  for (const [id, [c, r]] of Object.entries(layout.cells)) (cols[c] ??= []).push([r, node(id)]);
+  let x = 0, prev = null;
+  for (const c of Object.keys(cols).map(Number).sort((a, b) => a - b)) {
+    const members = cols[c].sort((a, b) => a[0] - b[0]).map(e => e[1]);
+    const grp = groupOf[members[0].id];
+    if (prev !== null && grp !== prev) x += 2 * GAP;
+    prev = grp;
+    let y = GTITLE + PAD + TITLE;
+    for (const n of members) { n.pos = [x + PAD, y]; y += n.size[1] + TITLE + GAP; }
+    x += Math.max(...members.map(n => n.size[0])) + GAP;
+  }
+  const groups = g.groups ?? g._groups;
+  layout.groups.forEach(([title, ids], i) => {
+    const ns = ids.map(node), grp = groups[i];
+    const x0 = Math.min(...ns.map(n => n.pos[0])) - PAD, y0 = Math.min(...ns.map(n => n.pos[1])) - TITLE - GTITLE - PAD;
+    const x1 = Math.max(...ns.map(n => n.pos[0] + n.size[0])) + PAD, y1 = Math.max(...ns.map(n => n.pos[1] + n.size[1])) + PAD;
+    grp.pos = [x0, y0];
+    grp.size = [x1 - x0, y1 - y0];
+  });
+  const note = (g.nodes ?? g._nodes).find(n => n.type === 'MarkdownNote');
+  if (note) note.pos = [-note.size[0] - 3 * GAP, 0];
+  app.canvas.ds.scale = 0.6;
+  app.canvas.ds.offset = [(note ? note.size[0] : 0) + 3 * GAP + 40, 60];
   const p = await app.graphToPrompt();
+  p.workflow.extra.ds = {scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset]};
   return JSON.stringify({workflow: p.workflow, output: p.output});
 })()"""
 
@@ -49,7 +79,11 @@ def frontend_roundtrip(comfy_url: str, chromium: str, profile: Path, items: dict
         page = browser.page()
         page.goto(comfy_url + "/")
         page.wait_for(READY, 90, "frontend ready")
-        out = {name: json.loads(page.js(JS % json.dumps(ui))) for name, ui in items.items()}
+        out = {}
+        for name, ui in items.items():
+            ui = dict(ui)
+            layout = ui.pop("_layout")
+            out[name] = json.loads(page.js(JS % (json.dumps(ui), json.dumps(layout))))
         page.close()
         return out
     finally:
@@ -106,6 +140,8 @@ def main(argv=None) -> int:
         built = {name: workflow_specs.build_ui(fn(), object_info, workflow_specs.note_text(name), versions)
                  for name, fn in workflow_specs.WORKFLOWS.items()}
         if a.no_frontend:
+            for ui in built.values():
+                ui.pop("_layout")
             results = {name: {"workflow": ui, "output": ui_to_api.convert(ui, object_info)} for name, ui in built.items()}
         else:
             results = frontend_roundtrip(server.url, a.chromium, base / "chromium", built)
