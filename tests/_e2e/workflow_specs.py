@@ -260,7 +260,8 @@ twice. Settings as the basic workflow (guidance 4, 28 steps, start_step 4 for ph
     "pulid_flux_two_people": f"""**Change:** pick person A's photo (**left half**) and person B's (**right half**), describe two people, Run.
 ## PuLID-Flux ID: two people in one image
 Two Encode nodes and two chained Apply nodes, each limited to one half of the image by its mask (the four
-**Mask** nodes; change the masks' width and height with the image size). Settings as the basic workflow.
+**Mask** nodes; change the masks' width and height with the image size). Settings as the basic workflow
+(guidance 4, 28 steps, start_step 4 for photoreal prompts).
 * {ONLY_TRUE_CFG}""",
     "pulid_flux_true_cfg": """**Change:** pick your photo in **Your photo**, edit the style prompt, Run (about twice the basic workflow's time).
 ## PuLID-Flux ID: true CFG (the official stylised setting)
