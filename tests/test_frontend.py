@@ -7,14 +7,14 @@ models, linked in under the real file names the workflows use. Each workflow is 
 type is registered, every widget shows the value stored in the JSON. Then, through the page's own graph API,
 the sampler is shrunk to 2 steps at 64 px and the T5 DualCLIPLoader swapped for CLIP-L (the tiny T5 cannot
 exist), the graph is queued with ``app.queuePrompt`` and the image the UI receives is read back.
-The basic workflow's screenshot is written next to the server log (and to docs/screenshot_basic.png with
-PULID_UPDATE_SCREENSHOT=1). Without Chromium the tests skip with one line.
+The basic workflow's screenshot is written next to the server log (the README's picture is made by
+tests/_e2e/make_workflows.py). With the model files hidden, the basic workflow makes the frontend list every
+file its loaders name. Without Chromium the tests skip with one line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +33,6 @@ if CHROMIUM is None:
     pytest.skip("Chromium not found: apt-get install -y chromium (or set PULID_CHROMIUM)", allow_module_level=True)
 
 TINY, STEPS = 64, 2
-SCREENSHOT = PACK / "docs" / "screenshot_basic.png"
 READY = "!!(window.app && window.app.graph && window.app.canvas && window.app.api)"
 DIALOGS = """[...document.querySelectorAll('.p-dialog, [role=dialog]')]
   .filter(d => d.offsetParent !== null || d.getClientRects().length).map(d => d.innerText.trim().slice(0, 400))"""
@@ -210,12 +209,7 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
         if name == "pulid_flux_basic" and frontend["kind"] == "pinned":
             page.js(FIT)
             time.sleep(0.5)  # one frame
-            page.screenshot(frontend["base"] / "screenshot_basic.png")
-            if os.environ.get("PULID_UPDATE_SCREENSHOT") == "1":  # a small palette PNG for the README
-                from PIL import Image
-
-                Image.open(frontend["base"] / "screenshot_basic.png").convert("RGB").quantize(colors=128).save(
-                    SCREENSHOT, optimize=True)
+            page.screenshot(frontend["base"] / "screenshot_basic.png")  # for a look; the README's: make_workflows.py
         _shrink(page)
         _queue(page, server, where)
         images = page.js("window.__pulid.images")
