@@ -209,7 +209,7 @@ def likeness_sweep() -> list:
     col = 5 + len(combos)
     nodes += [
         ("decode", "VAEDecode", {}, {"samples": last, "vae": ("vae", 0)}, (col, 0)),
-        ("likeness", "PuLIDFluxID_FaceSimilarity", {"references": "mean"},
+        ("likeness", "PuLIDFluxID_FaceSimilarity", {"combine": "mean"},
          {"face_analysis": ("face", 0), "image": ("decode", 0), "identity": ("encode", 0)}, (col, 1)),
         ("sheet", "PuLIDFluxID_LikenessSheet",
          {"weights": values(f"{w:g}" for w, _ in combos), "start_steps": values(str(s) for _, s in combos),
