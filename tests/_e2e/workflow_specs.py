@@ -126,7 +126,7 @@ def _photo(key: str, pos, title: str) -> tuple:
 
 
 def _faces_preview(pos) -> tuple:
-    return ("preview", "PreviewImage", {}, {"images": ("encode", 1)}, pos, "Aligned face (what EVA-CLIP sees)")
+    return ("preview", "PreviewImage", {}, {"images": ("encode", 1)}, pos, "Aligned face (EVA-CLIP input)")
 
 
 PORTRAIT = "portrait photo of a person as an astronaut on the moon, detailed face, natural light"
