@@ -1,4 +1,4 @@
-"""Encode PuLID-Flux ID: reference IMAGE batch -> ID (+ a preview of the aligned, background-removed faces).
+"""PuLID-Flux Encode ID: reference IMAGE batch -> ID (+ a preview of the aligned, background-removed faces).
 A node of its own, so ComfyUI's cache skips the face models when only the Apply node's inputs change."""
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ class EncodeIdentity(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="PuLIDFluxID_EncodeIdentity",
-            display_name="Encode PuLID-Flux ID",
+            display_name="PuLID-Flux Encode ID",
             category=CATEGORY,
             description="Face detection, alignment, background removal, EVA-CLIP and the PuLID ID encoder on one "
                         "or more reference images; several references are fused into one identity.",
             inputs=[
-                PulidModel.Input("pulid", tooltip="From 'Load PuLID-Flux Model' (its ID encoder runs here)."),
-                EvaClip.Input("eva_clip", tooltip="From 'Load EVA-CLIP (PuLID-Flux)'."),
-                FaceAnalysis.Input("face_analysis", tooltip="From 'Load InsightFace (PuLID-Flux)'."),
-                Facexlib.Input("facexlib", tooltip="From 'Load facexlib (PuLID-Flux)'."),
+                PulidModel.Input("pulid", tooltip="From 'PuLID-Flux Load Model' (its ID encoder runs here)."),
+                EvaClip.Input("eva_clip", tooltip="From 'PuLID-Flux Load EVA-CLIP'."),
+                FaceAnalysis.Input("face_analysis", tooltip="From 'PuLID-Flux Load InsightFace'."),
+                Facexlib.Input("facexlib", tooltip="From 'PuLID-Flux Load facexlib'."),
                 io.Image.Input("image", tooltip="Reference photo(s) of one person; a batch gives several references "
                                                 "(use Batch Images to combine photos of different sizes)."),
                 io.Combo.Input("face_rule", options=list(encoders.FACE_RULES), default="largest",
@@ -61,6 +61,6 @@ class EncodeIdentity(io.ComfyNode):
                                            face_rule=face_rule, face_index=face_index, align_source=align_source,
                                            antialias=antialias)
         except encoders.ModelFilesError as e:
-            raise paths.missing(paths.FACEXLIB, f"{e}: turn on load_detector in 'Load facexlib (PuLID-Flux)' or "
+            raise paths.missing(paths.FACEXLIB, f"{e}: turn on load_detector in 'PuLID-Flux Load facexlib' or "
                                                 "choose align_source insightface") from e
         return io.NodeOutput(identity, faces.to(mm.intermediate_device()))

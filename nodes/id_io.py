@@ -46,7 +46,7 @@ class SaveID(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="PuLIDFluxID_SaveID",
-            display_name="Save PuLID-Flux ID",
+            display_name="PuLID-Flux Save ID",
             category=CATEGORY_IDENTITY,
             description="Writes the ID tokens (and the uncond ID) to output/pulid_ids/ as .safetensors.",
             inputs=[
@@ -55,7 +55,7 @@ class SaveID(io.ComfyNode):
                                 tooltip="File name prefix; a counter is appended (identity_00001_.safetensors)."),
             ],
             outputs=[io.String.Output(display_name="name",
-                                      tooltip="The name 'Load PuLID-Flux ID' lists this file under.")],
+                                      tooltip="The name 'PuLID-Flux Load ID' lists this file under.")],
             is_output_node=True,
         )
 
@@ -78,9 +78,9 @@ class LoadID(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="PuLIDFluxID_LoadID",
-            display_name="Load PuLID-Flux ID",
+            display_name="PuLID-Flux Load ID",
             category=CATEGORY_IDENTITY,
-            description="Reads an ID saved by 'Save PuLID-Flux ID' (output/pulid_ids/ or input/pulid_ids/); "
+            description="Reads an ID saved by 'PuLID-Flux Save ID' (output/pulid_ids/ or input/pulid_ids/); "
                         "no face model is needed.",
             inputs=[io.Combo.Input("id_name", options=saved_ids(),
                                    tooltip="A saved identity from output/pulid_ids/ or input/pulid_ids/.")],
@@ -96,5 +96,5 @@ class LoadID(io.ComfyNode):
     def execute(cls, id_name) -> io.NodeOutput:
         path = folder_paths.get_annotated_filepath(id_name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"saved ID {id_name!r} not found at {path!r}; save one with 'Save PuLID-Flux ID'")
+            raise FileNotFoundError(f"saved ID {id_name!r} not found at {path!r}; save one with 'PuLID-Flux Save ID'")
         return io.NodeOutput(IDEmbedding.load(path))

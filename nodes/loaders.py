@@ -63,7 +63,7 @@ class ModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="PuLIDFluxID_ModelLoader", display_name="Load PuLID-Flux Model", category=CATEGORY_LOADERS,
+            node_id="PuLIDFluxID_ModelLoader", display_name="PuLID-Flux Load Model", category=CATEGORY_LOADERS,
             description="Loads the PuLID-Flux weights (ID encoder + Flux cross-attentions) from models/pulid/.",
             inputs=[_file_input("pulid_file", paths.PULID, "The PuLID-Flux file")],
             outputs=[PulidModel.Output(display_name="PULID")],
@@ -83,9 +83,9 @@ class EvaClipLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="PuLIDFluxID_EvaClipLoader", display_name="Load EVA-CLIP (PuLID-Flux)", category=CATEGORY_LOADERS,
+            node_id="PuLIDFluxID_EvaClipLoader", display_name="PuLID-Flux Load EVA-CLIP", category=CATEGORY_LOADERS,
             description="Loads the EVA02-CLIP-L-14-336 vision tower (official .pt or open_clip safetensors) from "
-                        "models/clip/ or models/clip_vision/; the text tower is dropped.",
+                        "models/clip_vision/ (or models/text_encoders/); the text tower is dropped.",
             inputs=[_file_input("eva_file", paths.EVA_CLIP, "The EVA02-CLIP-L-14-336 file")],
             outputs=[EvaClip.Output(display_name="EVA_CLIP")],
         )
@@ -107,7 +107,7 @@ class FaceAnalysisLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         packs = list(paths.insightface_pack_dirs())
         return io.Schema(
-            node_id="PuLIDFluxID_FaceAnalysisLoader", display_name="Load InsightFace (PuLID-Flux)",
+            node_id="PuLIDFluxID_FaceAnalysisLoader", display_name="PuLID-Flux Load InsightFace",
             category=CATEGORY_LOADERS,
             description="insightface antelopev2 (face detection + ArcFace) from models/insightface/models/antelopev2/.",
             inputs=[
@@ -139,7 +139,7 @@ class FacexlibLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="PuLIDFluxID_FacexlibLoader", display_name="Load facexlib (PuLID-Flux)", category=CATEGORY_LOADERS,
+            node_id="PuLIDFluxID_FacexlibLoader", display_name="PuLID-Flux Load facexlib", category=CATEGORY_LOADERS,
             description="facexlib face alignment (RetinaFace) and parsing (BiSeNet) from models/facexlib/ "
                         "(detection_Resnet50_Final.pth, parsing_bisenet.pth); they run on the CPU.",
             inputs=[io.Boolean.Input("load_detector", default=True,

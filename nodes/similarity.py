@@ -26,7 +26,7 @@ def reference_arcface(face_analysis, identity, reference):
     if arcface is None:
         raise ValueError("this identity carries no reference ArcFace embedding (IDs saved by an older version of "
                          "the pack): encode the reference photos again and save the new ID, or connect the "
-                         "reference photos to the 'reference' input instead")
+                         "reference photos to the 'reference_images' input instead")
     return arcface.float().cpu().numpy()
 
 
@@ -40,17 +40,18 @@ class FaceSimilarity(io.ComfyNode):
             description="Likeness of generated faces to the reference: cosine between ArcFace embeddings (the "
                         "ID similarity of the PuLID paper). Per image, the best-matching face counts.",
             inputs=[
-                FaceAnalysis.Input("face_analysis", tooltip="From 'Load InsightFace (PuLID-Flux)' (its ArcFace "
+                FaceAnalysis.Input("face_analysis", tooltip="From 'PuLID-Flux Load InsightFace' (its ArcFace "
                                                             "model gives the embeddings)."),
                 io.Image.Input("image", tooltip="The generated image(s); every image of the batch is scored."),
                 Identity.Input("identity", optional=True,
                                tooltip="The reference as an identity from Encode or Load ID (it carries the "
-                                       "references' ArcFace embeddings). Connect this or 'reference', not both."),
-                io.Image.Input("reference", optional=True,
+                                       "references' ArcFace embeddings). Connect this or 'reference_images', not "
+                                       "both."),
+                io.Image.Input("reference_images", optional=True,
                                tooltip="The reference as photo(s): the largest face of each is used. Connect this "
                                        "or 'identity', not both."),
-                io.Combo.Input("references", options=list(sim.REFERENCE_MODES), default="mean",
-                               tooltip="Several references: mean = mean of the cosines to all references; max = "
+                io.Combo.Input("combine", options=list(sim.REFERENCE_MODES), default="mean",
+                               tooltip="With several references: mean = mean of the cosines to all references; max = "
                                        "the best-matching reference; per_item = generated image i against "
                                        "reference i."),
             ],
@@ -70,9 +71,9 @@ class FaceSimilarity(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, face_analysis, image, references, identity=None, reference=None) -> io.NodeOutput:
-        refs = reference_arcface(face_analysis, identity, reference)
-        scores = sim.score_images(face_analysis, image, refs, references)
+    def execute(cls, face_analysis, image, combine, identity=None, reference_images=None) -> io.NodeOutput:
+        refs = reference_arcface(face_analysis, identity, reference_images)
+        scores = sim.score_images(face_analysis, image, refs, combine)
         for i, s in enumerate(scores):
             if s.chosen is None:
                 log.warning("PuLID-Flux: no face found in generated image %d; its similarity is %s",
@@ -81,7 +82,7 @@ class FaceSimilarity(io.ComfyNode):
             torch.from_numpy(sim.annotate(to_rgb_uint8(image[i], i), s).copy()).float() / 255.0
             for i, s in enumerate(scores)]).to(mm.intermediate_device())
         values = [float(s.similarity) for s in scores]
-        text = sim.summary(scores, references, len(refs))
+        text = sim.summary(scores, combine, len(refs))
         log.info("PuLID-Flux: %s", text)
         # the annotated faces show on the node (any frontend shows "images"); "text" is the summary line, which
         # the current frontend displays for its own text nodes only: wire 'summary' to Preview Any to read it

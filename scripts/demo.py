@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     try:
         print(f"starting ComfyUI ({a.comfyui}) on {server.url} ...", flush=True)
         server.start()
-        server.upload_image(astronaut_png(), "pulid_reference.png")
+        server.upload_image(astronaut_png(), "pulid_flux_example_face.jpg")  # the whole photo
         api = ui_to_api.convert(load_workflow("pulid_flux_basic"), server.get_json("/object_info"))
         if not a.models:
             api = tiny(api, steps=a.steps or 4, size=a.size or 128)

@@ -7,14 +7,14 @@ models, linked in under the real file names the workflows use. Each workflow is 
 type is registered, every widget shows the value stored in the JSON. Then, through the page's own graph API,
 the sampler is shrunk to 2 steps at 64 px and the T5 DualCLIPLoader swapped for CLIP-L (the tiny T5 cannot
 exist), the graph is queued with ``app.queuePrompt`` and the image the UI receives is read back.
-The basic workflow's screenshot is written next to the server log (and to docs/screenshot_basic.png with
-PULID_UPDATE_SCREENSHOT=1). Without Chromium the tests skip with one line.
+The basic workflow's screenshot is written next to the server log (the README's picture is made by
+tests/_e2e/make_workflows.py). With the model files hidden, the basic workflow makes the frontend list every
+file its loaders name. Without Chromium the tests skip with one line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +33,6 @@ if CHROMIUM is None:
     pytest.skip("Chromium not found: apt-get install -y chromium (or set PULID_CHROMIUM)", allow_module_level=True)
 
 TINY, STEPS = 64, 2
-SCREENSHOT = PACK / "docs" / "screenshot_basic.png"
 READY = "!!(window.app && window.app.graph && window.app.canvas && window.app.api)"
 DIALOGS = """[...document.querySelectorAll('.p-dialog, [role=dialog]')]
   .filter(d => d.offsetParent !== null || d.getClientRects().length).map(d => d.innerText.trim().slice(0, 400))"""
@@ -210,12 +209,7 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
         if name == "pulid_flux_basic" and frontend["kind"] == "pinned":
             page.js(FIT)
             time.sleep(0.5)  # one frame
-            page.screenshot(frontend["base"] / "screenshot_basic.png")
-            if os.environ.get("PULID_UPDATE_SCREENSHOT") == "1":  # a small palette PNG for the README
-                from PIL import Image
-
-                Image.open(frontend["base"] / "screenshot_basic.png").convert("RGB").quantize(colors=128).save(
-                    SCREENSHOT, optimize=True)
+            page.screenshot(frontend["base"] / "screenshot_basic.png")  # for a look; the README's: make_workflows.py
         _shrink(page)
         _queue(page, server, where)
         images = page.js("window.__pulid.images")
@@ -238,6 +232,44 @@ def test_workflow_loads_shows_its_values_and_renders_from_the_ui(frontend, name)
             assert set(shapes.values()) == {(TINY, TINY, 3)}, f"{where}: {shapes}"
     finally:
         page.close()
+
+
+# The missing-models list: a dialog (pinned frontends), or the "Missing Models" section of the issues panel that
+# the toast's "View details" opens (newer ones). Not the whole page: the note on the canvas names the files too.
+MISSING = """(() => {
+  const seen = e => e.offsetParent !== null || e.getClientRects().length;
+  const dialogs = [...document.querySelectorAll('.p-dialog, [role=dialog]')].filter(seen).map(d => d.innerText);
+  if (dialogs.some(t => t.includes('Missing Models'))) return dialogs.join('\\n');
+  const details = [...document.querySelectorAll('button')].find(b => seen(b) && b.innerText.trim() === 'View details');
+  if (details) { details.click(); return null; }
+  const boxes = [...document.querySelectorAll('div, section')].filter(e => seen(e) && e.innerText
+    && e.innerText.includes('Missing Models') && e.innerText.includes('Download'));
+  return boxes.length ? boxes.reduce((a, b) => (a.innerText.length <= b.innerText.length ? a : b)).innerText : null;
+})()"""
+
+
+def test_missing_models_dialog_lists_every_file_of_the_basic_workflow(frontend):
+    """With the model files absent, opening the basic workflow makes the frontend list every file a loader's widget
+    names, with its download (the face models, which no widget names, come from install.py --models)."""
+    files = {name: frontend["base"] / "models" / MODELS[name][1] / name for name in MODELS}
+    hidden = {name: path.with_name("." + name) for name, path in files.items()}  # hidden files are not listed
+    wanted = [m["name"] for n in load_workflow("pulid_flux_basic")["nodes"]
+              for m in n.get("properties", {}).get("models", []) if m["name"] in n["widgets_values"]]
+    assert sorted(wanted) == sorted(MODELS), wanted
+    for name in files:  # before the page loads: its /object_info and model lists then lack the files
+        files[name].rename(hidden[name])
+    page = frontend["browser"].page()
+    try:
+        page.goto(frontend["server"].url + "/", width=1920, height=1080)
+        page.wait_for(READY, 120, f"frontend ({frontend['label']}) ready")
+        page.js(LOAD % (json.dumps(load_workflow("pulid_flux_basic")), json.dumps("pulid_flux_basic.json"), "[]"))
+        text = page.wait_for(MISSING, 30, f"the missing-models dialog ({frontend['label']})")
+        missing = [name for name in wanted if name not in text]
+        assert not missing, f"frontend {frontend['label']}: the dialog lacks {missing}:\n{text}"
+    finally:
+        page.close()
+        for name in files:
+            hidden[name].rename(files[name])
 
 
 def test_save_id_shows_the_saved_name_on_the_node(frontend):

@@ -163,7 +163,7 @@ def test_save_and_load_id_roundtrip(nodes, tmp_path):
             loaded = nodes.LoadID.execute(id_name=name).args[0]
             assert torch.equal(loaded.tokens, ident.tokens) and torch.equal(loaded.uncond, ident.uncond)
             assert loaded.meta == ident.meta
-        with pytest.raises(FileNotFoundError, match="Save PuLID-Flux ID"):
+        with pytest.raises(FileNotFoundError, match="PuLID-Flux Save ID"):
             nodes.LoadID.execute(id_name="pulid_ids/gone.safetensors [output]")
     finally:
         folder_paths.set_output_directory(old_out)

@@ -117,7 +117,7 @@ def test_similarity_node(nodes, analyzer, caplog, tmp_path, monkeypatch):
     ident = IDEmbedding(tokens=torch.zeros(1, 4, 8), arcface=torch.from_numpy(refs))
     monkeypatch.setattr(folder_paths, "get_temp_directory", lambda: str(tmp_path))  # the node's preview images
     with caplog.at_level(logging.WARNING, logger="PuLID-Flux"):
-        out = Node.execute(face_analysis=analyzer, image=as_image(A, EMPTY), references="mean", identity=ident)
+        out = Node.execute(face_analysis=analyzer, image=as_image(A, EMPTY), combine="mean", identity=ident)
     values, text, annotated, summary = out.args
     assert values[1] == sim.NO_FACE_SCORE and abs(values[0] - 1.0) < 1e-5
     assert [float(v) for v in text.split(",")] == pytest.approx(values, abs=1e-4)
@@ -125,15 +125,15 @@ def test_similarity_node(nodes, analyzer, caplog, tmp_path, monkeypatch):
     shown = out.ui if isinstance(out.ui, dict) else out.ui.as_dict()
     assert shown["text"] == (summary,) and len(shown["images"]) == 2 and "no face found in generated image 1" in caplog.text
     assert all((tmp_path / im["subfolder"] / im["filename"]).is_file() for im in shown["images"])
-    by_photo = Node.execute(face_analysis=analyzer, image=as_image(A), references="mean", reference=as_image(A))
+    by_photo = Node.execute(face_analysis=analyzer, image=as_image(A), combine="mean", reference_images=as_image(A))
     assert by_photo.args[0] == pytest.approx(values[:1], abs=1e-6)
     with pytest.raises(ValueError, match="not both"):
-        Node.execute(face_analysis=analyzer, image=as_image(A), references="mean", identity=ident,
-                     reference=as_image(A))
+        Node.execute(face_analysis=analyzer, image=as_image(A), combine="mean", identity=ident,
+                     reference_images=as_image(A))
     with pytest.raises(ValueError, match="neither"):
-        Node.execute(face_analysis=analyzer, image=as_image(A), references="mean")
+        Node.execute(face_analysis=analyzer, image=as_image(A), combine="mean")
     with pytest.raises(ValueError, match="older version.*encode the reference photos again"):
-        Node.execute(face_analysis=analyzer, image=as_image(A), references="mean",
+        Node.execute(face_analysis=analyzer, image=as_image(A), combine="mean",
                      identity=IDEmbedding(tokens=torch.zeros(1, 4, 8)))
 
 

@@ -81,8 +81,10 @@ class Page:
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         self.call("Page.navigate", url=url)
 
-    def screenshot(self, path: Path) -> None:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+    def screenshot(self, path: Path, clip: dict | None = None) -> None:
+        """The page, or the ``clip`` rectangle ({x, y, width, height} in CSS pixels)."""
+        extra = {"clip": {**clip, "scale": 1}} if clip else {}
+        data = self.call("Page.captureScreenshot", format="png", **extra)["data"]
         path.write_bytes(base64.b64decode(data))
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from . import ui_to_api
 from .comfy_models import CLIP_L_FILE, FLUX_FILE, VAE_FILE
 from .pack_models import EVA_FILE, PULID_FILE, model_paths_yaml_sections
 from .server import PACK_DIR_NAME, ComfyServer, PromptResult
+from .workflow_specs import EXAMPLE_FACE
 
 PACK = Path(__file__).resolve().parent.parent.parent
 WORKFLOWS = PACK / "workflows"
@@ -49,6 +50,7 @@ def reference_images() -> dict[str, bytes]:
         return buf.getvalue()
 
     faces = {
+        EXAMPLE_FACE: ((32, 32, 64, 230),),  # every shipped LoadImage names it; over the pack's real photo
         "pulid_reference.png": ((32, 32, 64, 230),),
         "pulid_reference_1.png": ((32, 32, 64, 230),),
         "pulid_reference_2.png": ((40, 24, 64, 220),),
@@ -64,7 +66,8 @@ def reference_images() -> dict[str, bytes]:
 def tiny(api: dict, *, steps: int = TINY_STEPS, size: int = TINY_SIZE) -> dict:
     """Swap the real model names of a converted workflow for the tiny files, and shrink size and steps.
     DualCLIPLoader(flux) becomes CLIPLoader(sd3) on CLIP-L: the T5-XXL cannot be made small
-    (docs/comfyui.md §5.1), and CLIP-L through the SD3 wrapper gives a Flux-shaped CONDITIONING."""
+    (docs/comfyui.md §5.1), and CLIP-L through the SD3 wrapper gives a Flux-shaped CONDITIONING. A start_step
+    beyond the shrunk schedule is lowered to its last step, so the ID still acts."""
     api = copy.deepcopy(api)
     for node in api.values():
         ct, inp = node["class_type"], node["inputs"]
@@ -82,6 +85,8 @@ def tiny(api: dict, *, steps: int = TINY_STEPS, size: int = TINY_SIZE) -> dict:
             inp["width"] = inp["height"] = size
         elif ct == "KSampler":
             inp["steps"] = steps
+        elif ct == "PuLIDFluxID_Apply":  # the photoreal start_step 4 of 28 would leave no step with the ID
+            inp["start_step"] = min(inp["start_step"], steps - 1)
     return api
 
 

@@ -17,6 +17,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,15 +33,71 @@ PACK = HERE.parent.parent
 OUT = PACK / "workflows"
 
 JS = """(async () => {
-  const data = %s;
+  const data = %s, layout = %s;
   await app.loadGraphData(data, true, true, null, {showMissingNodesDialog: false, showMissingModelsDialog: false});
   await new Promise(r => setTimeout(r, 300));
+  // stack each column by the nodes' real sizes, groups left to right with a gap, each group boxing its nodes
+  const g = app.rootGraph ?? app.graph, node = id => g.getNodeById(Number(id));
+  const TITLE = LiteGraph.NODE_TITLE_HEIGHT || 30, GAP = 40, PAD = 20, GTITLE = 40;
+  const groupOf = {};
+  layout.groups.forEach(([title, ids], i) => ids.forEach(id => { groupOf[id] = i; }));
+  const cols = {};
+  for (const [id, [c, r]] of Object.entries(layout.cells)) (cols[c] ??= []).push([r, node(id)]);
+  let x = 0, prev = null;
+  for (const c of Object.keys(cols).map(Number).sort((a, b) => a - b)) {
+    const members = cols[c].sort((a, b) => a[0] - b[0]).map(e => e[1]);
+    const grp = groupOf[members[0].id];
+    if (prev !== null && grp !== prev) x += 2 * GAP;
+    prev = grp;
+    let y = GTITLE + PAD + TITLE;
+    for (const n of members) { n.pos = [x + PAD, y]; y += n.size[1] + TITLE + GAP; }
+    x += Math.max(...members.map(n => n.size[0])) + GAP;
+  }
+  const groups = g.groups ?? g._groups;
+  layout.groups.forEach(([title, ids], i) => {
+    const ns = ids.map(node), grp = groups[i];
+    const x0 = Math.min(...ns.map(n => n.pos[0])) - PAD, y0 = Math.min(...ns.map(n => n.pos[1])) - TITLE - GTITLE - PAD;
+    const x1 = Math.max(...ns.map(n => n.pos[0] + n.size[0])) + PAD, y1 = Math.max(...ns.map(n => n.pos[1] + n.size[1])) + PAD;
+    grp.pos = [x0, y0];
+    grp.size = [x1 - x0, y1 - y0];
+  });
+  const note = (g.nodes ?? g._nodes).find(n => n.type === 'MarkdownNote');
+  if (note) note.pos = [-note.size[0] - 3 * GAP, 0];
+  app.canvas.ds.scale = 0.6;
+  app.canvas.ds.offset = [(note ? note.size[0] : 0) + 3 * GAP + 40, 60];
   const p = await app.graphToPrompt();
+  p.workflow.extra.ds = {scale: app.canvas.ds.scale, offset: [...app.canvas.ds.offset]};
   return JSON.stringify({workflow: p.workflow, output: p.output});
 })()"""
 
 
 READY = "!!(window.app && window.app.graph && window.app.canvas)"
+SCREENSHOT = PACK / "docs" / "screenshot_basic.png"
+# The README picture: at 100 %, the PuLID loaders and "2. Your photo" (the example face, Encode), then the Apply
+# node, placed in turn at the same spot of a large page and captured there; pasted side by side.
+SHOT = """(async () => {
+  const data = %s;
+  await app.loadGraphData(data, true, true, null, {showMissingNodesDialog: false, showMissingModelsDialog: false});
+  await new Promise(r => setTimeout(r, 1500));
+  const g = app.rootGraph ?? app.graph, nodes = g.nodes ?? g._nodes, groups = g.groups ?? g._groups;
+  const photo = groups.find(gr => gr.title.startsWith('2.'));
+  const loader = nodes.find(n => n.type === 'PuLIDFluxID_ModelLoader');
+  const apply = nodes.find(n => n.type === 'PuLIDFluxID_Apply');
+  const T = LiteGraph.NODE_TITLE_HEIGHT || 30, M = 16;
+  const fxl = nodes.find(n => n.type === 'PuLIDFluxID_FacexlibLoader');
+  const bottom = Math.max(photo.pos[1] + photo.size[1], fxl.pos[1] + fxl.size[1]) + M;
+  const a = [loader.pos[0] - M, photo.pos[1], photo.pos[0] + photo.size[0] - loader.pos[0] + 2 * M, bottom - photo.pos[1]];
+  const b = [apply.pos[0] - M, apply.pos[1] - T - 2 * M, apply.size[0] + 2 * M, apply.size[1] + T + 3 * M];
+  window.__pulidShow = r => {  // r at 100 %% near (x, y) of the page; returns its rectangle on the page
+    const ds = app.canvas.ds, box = app.canvas.canvas.getBoundingClientRect();
+    ds.scale = 1;
+    ds.offset = [%d - box.left - r[0], %d - box.top - r[1]];
+    app.canvas.setDirty(true, true);
+    const [x, y] = ds.convertOffsetToCanvas([r[0], r[1]]);
+    return {x: box.left + x, y: box.top + y, width: r[2], height: r[3]};
+  };
+  return [a, b];
+})()"""
 
 
 def frontend_roundtrip(comfy_url: str, chromium: str, profile: Path, items: dict[str, dict]) -> dict[str, dict]:
@@ -49,11 +106,46 @@ def frontend_roundtrip(comfy_url: str, chromium: str, profile: Path, items: dict
         page = browser.page()
         page.goto(comfy_url + "/")
         page.wait_for(READY, 90, "frontend ready")
-        out = {name: json.loads(page.js(JS % json.dumps(ui))) for name, ui in items.items()}
+        out = {}
+        for name, ui in items.items():
+            ui = dict(ui)
+            layout = ui.pop("_layout")
+            out[name] = json.loads(page.js(JS % (json.dumps(ui), json.dumps(layout))))
         page.close()
         return out
     finally:
         browser.close()
+
+
+def screenshot(comfy_url: str, chromium: str, profile: Path, workflow: dict, path: Path) -> None:
+    from PIL import Image
+
+    at = (200, 160)  # clear of the side bar and the top bar
+    browser = Browser(chromium, profile)
+    try:
+        page = browser.page()
+        page.goto(comfy_url + "/", width=2600, height=1400)
+        page.wait_for(READY, 90, "frontend ready")
+        rects = page.js(SHOT % (json.dumps(workflow), *at))
+        parts = []
+        for i, r in enumerate(rects):
+            clip = page.js(f"window.__pulidShow({json.dumps(r)})")
+            time.sleep(0.8)  # a few frames
+            part = path.with_name(f"part{i}.png")
+            page.screenshot(part, {k: round(v) for k, v in clip.items()})
+            parts.append(Image.open(part).convert("RGB"))
+        page.close()
+    finally:
+        browser.close()
+    gap = 24
+    out = Image.new("RGB", (sum(p.width for p in parts) + gap * (len(parts) - 1), max(p.height for p in parts)),
+                    (24, 24, 24))
+    x = 0
+    for part in parts:
+        out.paste(part, (x, 0))
+        x += part.width + gap
+    out.quantize(colors=192).save(SCREENSHOT, optimize=True)  # a small palette PNG
+    log.info("wrote %s (%dx%d)", SCREENSHOT.relative_to(PACK), *out.size)
 
 
 def thumbnail(workflow: dict, title: str, path: Path, size=(512, 288)) -> None:
@@ -106,6 +198,8 @@ def main(argv=None) -> int:
         built = {name: workflow_specs.build_ui(fn(), object_info, workflow_specs.note_text(name), versions)
                  for name, fn in workflow_specs.WORKFLOWS.items()}
         if a.no_frontend:
+            for ui in built.values():
+                ui.pop("_layout")
             results = {name: {"workflow": ui, "output": ui_to_api.convert(ui, object_info)} for name, ui in built.items()}
         else:
             results = frontend_roundtrip(server.url, a.chromium, base / "chromium", built)
@@ -120,6 +214,9 @@ def main(argv=None) -> int:
             (OUT / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
             thumbnail(wf, name.replace("_", " "), OUT / f"{name}.jpg")
             log.info("wrote workflows/%s.json (%d nodes) + .jpg", name, len(wf["nodes"]))
+        if not a.no_frontend:
+            screenshot(server.url, a.chromium, base / "chromium_shot", results["pulid_flux_basic"]["workflow"],
+                       base / "shot.png")
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
