@@ -34,9 +34,8 @@ class EncodeIdentity(io.ComfyNode):
                 io.Int.Input("face_index", default=0, min=0, max=64,
                              tooltip="0 = the first face by the rule (the largest, or the leftmost); 1 = the next..."),
                 io.Combo.Input("align_source", options=list(encoders.ALIGN_SOURCES), default="facexlib",
-                               tooltip="Landmarks for the EVA-CLIP crop: facexlib (official; it takes the face "
-                                       "nearest the centre) or insightface (the face chosen above, so both "
-                                       "encoders always see the same person in a group photo)."),
+                               tooltip="Landmarks for the EVA-CLIP crop of the face chosen above: facexlib (official "
+                                       "detector) or insightface. Both encoders always see the same person."),
                 io.Combo.Input("fusion", options=list(FUSIONS), default="mean",
                                tooltip="Several references: mean of their ID tokens; weighted mean (fusion_weights); "
                                        "concat (all tokens side by side); per_batch_item (reference i drives latent "
