@@ -103,7 +103,7 @@ class EncodeIdentity(io.ComfyNode):
         meta = {**result.meta, "fusion": fusion, "fusion_weights": fusion_weights, "face_rule": face_rule,
                 "face_index": str(face_index), "align_source": align_source}
         identity = IDEmbedding(tokens=tokens.float().cpu(), uncond=uncond.float().cpu(), meta=meta,
-                               arcface=result.arcface.float().cpu())
+                               arcface=result.arcface.float().cpu(), faces=IDEmbedding.thumbnails(result.faces))
         for info in result.info:
             log.info("PuLID-Flux: reference %d: %d face(s), used %s%s", info.index, info.num_faces,
                      info.face_index, " (ArcFace fallback on the aligned crop)" if info.used_fallback else "")
