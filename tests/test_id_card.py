@@ -69,7 +69,7 @@ def test_thumbnails_are_small_uint8():
         IDEmbedding(tokens=torch.randn(1, 32, 16), faces=torch.rand(1, 8, 8, 3))
 
 
-def _bad_cards(id_dim: int = 16) -> dict[str, tuple[bytes, tuple[str, ...]]]:
+def bad_cards(id_dim: int = 16) -> dict[str, tuple[bytes, tuple[str, ...]]]:
     """name -> (PNG bytes, words the error must contain); shared with the HTTP test."""
     from safetensors.torch import save
 
@@ -89,9 +89,9 @@ def _bad_cards(id_dim: int = 16) -> dict[str, tuple[bytes, tuple[str, ...]]]:
     }
 
 
-@pytest.mark.parametrize("name", sorted(_bad_cards()))
+@pytest.mark.parametrize("name", sorted(bad_cards()))
 def test_bad_cards_are_refused_with_the_fix(tmp_path, name):
-    data, words = _bad_cards()[name]
+    data, words = bad_cards()[name]
     (tmp_path / name).write_bytes(data)
     with pytest.raises(ValueError) as e:
         IDEmbedding.from_card(tmp_path / name)
