@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def cluster(tmp_path_factory):
     import_pack()
     from _e2e.cache import CACHE_DIR
     from _e2e.comfy_models import ensure_comfy_models
-    from _e2e.harness import E2E, PACK
+    from _e2e.harness import E2E, PACK, reference_images
     from _e2e.pack_models import ensure_pack_models, model_paths_yaml_sections
 
     ensure_comfy_models(CACHE_DIR)
@@ -65,13 +66,17 @@ def cluster(tmp_path_factory):
     config = master_base / "custom_nodes" / C.PACK_FOLDERS["distributed"] / "gpu_config.json"
     config.write_text(json.dumps(_distributed_config(worker.port)))
     try:
-        worker.start()
-        master.start()
+        with ThreadPoolExecutor(2) as pool:  # both servers start (and later stop) side by side
+            for done in [pool.submit(worker.start), pool.submit(master.server.start)]:
+                done.result()
+        master.object_info = master.server.get_json("/object_info")  # E2E.start without its baseline render
+        for name, data in reference_images().items():
+            master.server.upload_image(data, name)
         assert "DistributedCollector" in master.object_info, master.server.tail(60)
         yield master, worker
     finally:
-        master.stop()
-        worker.stop()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda server: server.stop(), (master.server, worker)))
 
 
 def _card_graph(master, seed: int) -> dict:
