@@ -85,7 +85,7 @@ class PulidFlux:
             log.info("PuLID-Flux: reference %d: %d face(s), used %s%s", info.index, info.num_faces,
                      info.face_index, " (ArcFace fallback on the aligned crop)" if info.used_fallback else "")
         identity = IDEmbedding(tokens=tokens.float().cpu(), uncond=uncond.float().cpu(), meta=meta,
-                               arcface=result.arcface.float().cpu())
+                               arcface=result.arcface.float().cpu(), faces=IDEmbedding.thumbnails(result.faces))
         return identity, result.faces
 
     def apply(self, model, identity, cfg_start_step: int = DEFAULT_CFG_START_STEP, **options):

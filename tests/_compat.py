@@ -28,7 +28,8 @@ import torch
 from conftest import COMFYUI_ROOT, ROOT, setup_comfyui
 
 THIRDPARTY_DIR = Path(os.environ.get("PULID_THIRDPARTY_DIR", ROOT.parent / "shared" / "thirdparty")).resolve()
-PACK_FOLDERS = {"gguf": "ComfyUI-GGUF", "teacache": "ComfyUI-TeaCache", "wavespeed": "Comfy-WaveSpeed"}
+PACK_FOLDERS = {"gguf": "ComfyUI-GGUF", "teacache": "ComfyUI-TeaCache", "wavespeed": "Comfy-WaveSpeed",
+                "distributed": "ComfyUI-Distributed"}
 # A window that contains no model call: percent 1.0 is sigma 0, which no sampling step evaluates.
 INACTIVE = dict(start_percent=1.0, end_percent=1.0)
 _custom_nodes: Path | None = None

@@ -192,7 +192,7 @@ def test_saved_id_with_non_finite_tokens(srv, id_file, value):
     keep = {"PuLIDFluxID_Apply", "PuLIDFluxID_ModelLoader"}
     api = {k: v for k, v in api.items() if not v["class_type"].startswith("PuLIDFluxID_") or v["class_type"] in keep}
     api = {k: v for k, v in api.items() if v["class_type"] not in ("LoadImage", "PreviewImage")}
-    api["901"] = {"class_type": "PuLIDFluxID_LoadID", "inputs": {"id_name": f"pulid_ids/{id_file} [input]"}}
+    api["901"] = {"class_type": "PuLIDFluxID_LoadID", "inputs": {"image": f"pulid_ids/{id_file} [input]"}}
     api[nodes_of(api, "PuLIDFluxID_Apply")[0]]["inputs"]["identity"] = ["901", 0]
     message = _expect_error(srv, api, {"PuLIDFluxID_LoadID", "PuLIDFluxID_Apply"}, value, "finite")
     assert id_file in message or "encode" in message.lower(), message  # names the file, or says to encode again

@@ -96,7 +96,7 @@ def test_saved_id_is_reused_without_face_models(e2e):
     first = e2e.run(api)
     direct = e2e.image(first)
     options = e2e.server.get_json("/object_info/PuLIDFluxID_LoadID")["PuLIDFluxID_LoadID"]["input"]["required"]
-    saved = [o for o in options["id_name"][1]["options"] if o.startswith("pulid_ids/e2e/me_")]
+    saved = [o for o in options["image"][1]["options"] if o.startswith("pulid_ids/e2e/me_")]
     assert saved, options
     # the saved name reaches the UI (ui.PreviewText): in the 'executed' message and in the queue's history
     shown = [d["output"]["text"] for t, d in first.messages if t == "executed" and str(d.get("node")) == "900"]
@@ -105,7 +105,7 @@ def test_saved_id_is_reused_without_face_models(e2e):
     reuse = {k: v for k, v in api.items() if not v["class_type"].startswith("PuLIDFluxID_") or
              v["class_type"] in ("PuLIDFluxID_Apply", "PuLIDFluxID_ModelLoader")}
     reuse = {k: v for k, v in reuse.items() if v["class_type"] not in ("LoadImage", "PreviewImage")}
-    reuse["901"] = {"class_type": "PuLIDFluxID_LoadID", "inputs": {"id_name": saved[-1]}}
+    reuse["901"] = {"class_type": "PuLIDFluxID_LoadID", "inputs": {"image": saved[-1]}}
     apply = nodes_of(reuse, "PuLIDFluxID_Apply")[0]
     reuse[apply]["inputs"]["identity"] = ["901", 0]
     assert not [k for k, v in reuse.items() if "Face" in v["class_type"] or "Eva" in v["class_type"]]

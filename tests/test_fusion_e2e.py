@@ -56,7 +56,7 @@ def test_saved_id_with_non_finite_tokens_is_refused_at_load(e2e, bad):
     tokens[0, 3, 1] = float(bad)
     save_file({"tokens": tokens}, str(folder / name), metadata={"format": FORMAT, "meta": "{}"})
     api = _multi(e2e)
-    api["901"] = {"class_type": "PuLIDFluxID_LoadID", "inputs": {"id_name": f"pulid_ids/{name} [input]"}}
+    api["901"] = {"class_type": "PuLIDFluxID_LoadID", "inputs": {"image": f"pulid_ids/{name} [input]"}}
     apply = nodes_of(api, "PuLIDFluxID_Apply")[0]
     api[apply]["inputs"]["identity"] = ["901", 0]
     _error(e2e, api, "PuLIDFluxID_LoadID", name, "NaN or infinite", "encode the reference images again")

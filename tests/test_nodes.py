@@ -151,20 +151,26 @@ def test_save_and_load_id_roundtrip(nodes, tmp_path):
         for bad in ("../../escaped", "../x", "a/../../b", str(tmp_path / "abs"), "..", "", "  ", "..\\..\\w"):
             with pytest.raises(ValueError, match=r"filename_prefix .* must be a relative file name inside output"):
                 nodes.SaveID.execute(identity=ident, filename_prefix=bad)
-        written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.safetensors"))
-        assert written == ["output/pulid_ids/people/me_00001_.safetensors",
-                           "output/pulid_ids/people/me_00002_.safetensors"]
+        written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*_.*"))
+        assert written == [f"output/pulid_ids/people/me_0000{i}_.{ext}" for i in (1, 2) for ext in ("png", "safetensors")]
         (tmp_path / "input" / "pulid_ids").mkdir(parents=True)
         ident.save(tmp_path / "input" / "pulid_ids" / "shared.safetensors")
         listed = nodes.id_io.saved_ids()
         assert listed == [first, second, "pulid_ids/shared.safetensors [input]"]
         assert listed == nodes.LoadID.GET_SCHEMA().inputs[0].options  # the dropdown is recomputed
-        for name in listed:
-            loaded = nodes.LoadID.execute(id_name=name).args[0]
+        # each save also wrote its ID card; one uploaded to input/ is listed after the saved files
+        card = tmp_path / "output" / "pulid_ids" / "people" / "me_00002_.png"
+        (tmp_path / "input" / "me_card.png").write_bytes(card.read_bytes())
+        assert nodes.LoadID.GET_SCHEMA().inputs[0].options == listed + ["me_card.png"]
+        for name in listed + ["me_card.png"]:
+            loaded = nodes.LoadID.execute(image=name).args[0]
             assert torch.equal(loaded.tokens, ident.tokens) and torch.equal(loaded.uncond, ident.uncond)
             assert loaded.meta == ident.meta
         with pytest.raises(FileNotFoundError, match="PuLID-Flux Save ID"):
-            nodes.LoadID.execute(id_name="pulid_ids/gone.safetensors [output]")
+            nodes.LoadID.execute(image="pulid_ids/gone.safetensors [output]")
+        with pytest.raises(ValueError, match="has a name of 300 bytes.*under 200"):
+            nodes.SaveID.execute(identity=ident, filename_prefix="x" * 300)
+        assert nodes.SaveID.execute(identity=ident, filename_prefix="y" * 200).args[0].endswith("_00001_.safetensors [output]")
     finally:
         folder_paths.set_output_directory(old_out)
         folder_paths.set_input_directory(old_in)

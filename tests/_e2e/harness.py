@@ -173,7 +173,8 @@ class E2E:
 
     def image(self, res: PromptResult, index: int = 0):
         """Pixels of the index-th image of a finished prompt, read back through /view (a PNG)."""
-        images = [im for im in res.images if im.get("type") == "output"]
+        images = [im for im in res.images if im.get("type") == "output"
+                  and not im.get("subfolder", "").startswith("pulid_ids")]  # skip Save ID's card
         data = self.server.view(images[index])
         assert data.startswith(b"\x89PNG\r\n\x1a\n"), "/view did not return a PNG"
         return pixels(data)
