@@ -140,6 +140,8 @@ def cmd_test(args: argparse.Namespace) -> int:
             failures.append(f"ComfyUI {version} missing")
             continue
         env = test_env(root)
+        # ComfyUI-independent tests (the library's fresh-venv install) run once, with the last version
+        env["PULID_RUN_ONCE_TESTS"] = "1" if i == len(args.versions) - 1 else "0"
         if i == 0:
             lint = subprocess.run([py, "-m", "ruff", "check", PACK], env=env)
             if lint.returncode:

@@ -24,6 +24,8 @@ TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 
 
 def test_fresh_venv_install_runs_the_adapter(tmp_path):
+    if os.environ.get("PULID_RUN_ONCE_TESTS", "1") == "0":
+        pytest.skip("independent of ComfyUI: scripts/test.sh runs it once, with the last ComfyUI version")
     start = time.monotonic()
     try:
         layer = pip_target("torch-2.14.1", TORCH, no_deps=False)
