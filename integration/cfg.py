@@ -1,17 +1,4 @@
-"""The sampler run as PuLID sees it: each cond list's role, each model call's step, the official CFG start.
-
-One `Runner` per MODEL holds the timing of every Apply on it (a chained Apply replaces it with one more
-`Spec`) and is two wrappers, with the same calls in ComfyUI 0.3.64 and 0.33:
-* SAMPLER_SAMPLE: makes the run's private state from the guider's processed conds (roles, pulid/plan.py) and
-  the schedule, and wraps the per-step callback: calls made before `callback(i)` are step i.
-* CALC_COND_BATCH: hands its model calls the role of each evaluated list, the step and the step's sigma (read
-  once per step) in a copy of `model_options["transformer_options"]`, and applies the CFG start.
-
-CFG start (official `timestep_to_start_cfg`): before the run's start step the negative pass is not made and its
-slot gets the prediction of the list it is contrasted with (positive; DualCFG regular: middle), i.e. the
-guider's formula at the negative's scale 1. Other guiders run unchanged. The run's start step is the smallest
-`cfg_start_step` among the Applies whose ID acts in the run (none: no CFG start). See docs/design.md.
-"""
+"""The sampler run as PuLID sees it: each cond list's role, each model call's step, the official CFG start."""
 
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""The numbers of the PuLID-Flux architecture, each named once.
-
-Values are those of the official code (ToTheBeginning/PuLID @ 1aa2fc7): flux/util.py (Flux.1 geometry),
-pulid/pipeline_flux.py PuLIDPipeline.__init__ (CA placement and sizes), pulid/encoders_transformer.py
-IDFormer.__init__ (ID encoder sizes).
-"""
+"""The numbers of the PuLID-Flux architecture, each named once."""
 
 from __future__ import annotations
 

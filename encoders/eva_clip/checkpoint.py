@@ -1,10 +1,4 @@
-"""EVA02-CLIP vision weights of any supported layout -> the tower.
-
-Layouts: the official ``EVA02_CLIP_L_336_psz14_s6B.pt`` (``visual.<eva_clip key>`` + ``text.*`` +
-``logit_scale``), open_clip's EVA02-L-14-336 (``visual.trunk.<timm key>`` + text keys), or bare timm keys.
-Everything outside the vision tower is dropped, the RoPE buffers too (recomputed, as the official loader
-does); every other key is renamed to timm's names and must match the tower exactly.
-"""
+"""EVA02-CLIP vision weights of any supported layout -> the tower."""
 
 from __future__ import annotations
 

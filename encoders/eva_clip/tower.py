@@ -1,10 +1,4 @@
-"""EVA02-CLIP vision tower: timm's ``Eva`` trunk plus the five PuLID hidden-state taps.
-
-``EvaVisionTower.forward(x)`` returns ``(pooled, hidden)``: ``pooled`` = head(norm(x)[:, 0]) (B, embed_dim)
-and ``hidden`` = the residual stream entering blocks 4, 8, 12, 16, 20, raw, cls token included,
-5 x (B, 1 + grid², width). The trunk is built through timm's public ``create_model`` (the registered
-``eva02_large_patch14_clip_336`` with size overrides), with fused SDPA attention forced on.
-"""
+"""EVA02-CLIP vision tower: timm's ``Eva`` trunk plus the five PuLID hidden-state taps."""
 
 from __future__ import annotations
 
@@ -49,10 +43,7 @@ class EvaVisionTower(nn.Module):
 
     @classmethod
     def empty(cls, config: EvaVisionConfig = EVA02_CLIP_L_336) -> EvaVisionTower:
-        """A tower whose parameters live on the meta device (no allocation, no init); RoPE caches are real.
-
-        Use ``load_state_dict(sd, assign=True)`` to give it weights (``build_eva_clip`` does).
-        """
+        """A tower whose parameters live on the meta device (no allocation, no init); RoPE caches are real."""
         with torch.device("meta"):
             trunk = _create_trunk(config)
         tower = cls(config, trunk=trunk)
