@@ -1,5 +1,4 @@
-"""Input checks of apply_pulid_flux. Accepted: Flux.1 and Chroma (isinstance on comfy.model_base and the diffusion
-model classes) whose depths give the PuLID model's CA count (docs/design.md, "Accepted models")."""
+"""Input checks of apply_pulid_flux."""
 
 from __future__ import annotations
 

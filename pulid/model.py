@@ -1,5 +1,4 @@
-"""The PuLID-Flux model of one checkpoint: `pulid_encoder.` (IDFormer) and `pulid_ca.` (the Flux ID
-cross-attentions), every size read from the shapes and loaded strictly without a second copy."""
+"""The PuLID-Flux model of one checkpoint."""
 
 from __future__ import annotations
 
