@@ -21,16 +21,6 @@ def _create_trunk(config: EvaVisionConfig) -> nn.Module:
         return timm.create_model(TIMM_MODEL_NAME, pretrained=False, **config.timm_kwargs())
 
 
-def _init_non_persistent_buffers(module: nn.Module) -> int:
-    n = 0
-    for m in module.modules():
-        init = getattr(m, "init_non_persistent_buffers", None)
-        if callable(init):
-            init()
-            n += 1
-    return n
-
-
 class EvaVisionTower(nn.Module):
     """The vision tower. Build with ``EvaVisionTower(config)`` (random init) or ``build_eva_clip(state_dict)``."""
 
@@ -54,7 +44,11 @@ class EvaVisionTower(nn.Module):
                 if buf.is_meta:
                     mod.register_buffer(name, torch.empty(buf.shape, dtype=buf.dtype), persistent=False)
                     rebuilt += 1
-        if _init_non_persistent_buffers(tower) == 0 and rebuilt:  # else the RoPE tables stay uninitialised memory
+        inits = [m.init_non_persistent_buffers for m in tower.modules()
+                 if callable(getattr(m, "init_non_persistent_buffers", None))]
+        for init in inits:
+            init()
+        if not inits and rebuilt:  # else the RoPE tables stay uninitialised memory
             raise MissingDependencyError(
                 f"timm {getattr(require('timm'), '__version__', '?')} is too old for the EVA-CLIP tower: its rotary "
                 f"embedding cannot rebuild its buffers; upgrade it in ComfyUI's Python with: "
