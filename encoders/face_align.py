@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import ModelFilesError, require, shared
+from .features import aligned_to_tensor
 
 DETECTION_FILE = "detection_Resnet50_Final.pth"  # facexlib init_detection_model('retinaface_resnet50')
 PARSING_FILE = "parsing_bisenet.pth"  # facexlib init_parsing_model('bisenet')
@@ -23,7 +24,6 @@ ALIGN_BORDER_VALUE = (135, 133, 132)  # warpAffine borderValue in align_warp_fac
 FACEXLIB_DET_THRESHOLD = 0.97  # get_face_landmarks_5: detect_faces(img, 0.97)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # parsing input normalisation (official get_id_embedding)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 
 def _check_files(folder: str, need_detector: bool) -> None:
@@ -84,8 +84,7 @@ class FaceAligner:
 
     def parse(self, aligned_bgr: np.ndarray) -> torch.Tensor:
         """BiSeNet labels of the aligned face: (512, 512) int64 on the CPU (19 CelebAMask-HQ classes)."""
-        rgb = torch.from_numpy(np.ascontiguousarray(aligned_bgr[:, :, ::-1])).permute(2, 0, 1).float() / 255.0
-        x = rgb.unsqueeze(0).to(self.device)  # (1, 3, 512, 512) in [0, 1]
+        x = aligned_to_tensor(aligned_bgr).to(self.device)  # (1, 3, 512, 512) in [0, 1]
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         with torch.no_grad():

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..pulid.fold import PreparedID, prepare_id
 from ..pulid.plan import COND, UNCOND, add_id, make_plan, row_entries
-from ..pulid.regional import check_mask, check_mask_batch, grid_tokens, token_grid, token_weights
+from ..pulid.regional import check_mask, check_mask_batch, token_grid, token_weights
 from ..pulid.schedule import check_window, is_active, sigma_window
 from .cfg import CALL_KEY, add_run_spec
 from .guard import check_embedding, check_flux_model, check_pulid, check_weight
@@ -74,7 +74,7 @@ def _new_plan(applied: _AppliedID, active: bool, roles: tuple, rows: int, latent
                         lambda: token_weights(applied.mask, grid, device, table.compute_dtype, latent))
     entries = row_entries(roles, batch, n_cond, applied.uncond_mode)
     return make_plan(entries, active, applied.weight, table.entries, table.compute_dtype, device, weights,
-                     len(roles), grid_tokens(grid), n_ref)
+                     len(roles), math.prod(grid), n_ref)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
