@@ -24,10 +24,8 @@ def check_pulid(pulid) -> PulidFluxModel:
     """The PulidFluxModel of a PulidFlux handle (`.model`, `.wrap`, `.name`)."""
     model = getattr(pulid, "model", None)
     if not isinstance(model, PulidFluxModel) or not callable(getattr(pulid, "wrap", None)):
-        raise ValueError(
-            f"pulid must be the PuLID model handle from 'Load PuLID-Flux Model' (a PulidFlux holding a "
-            f"PulidFluxModel), got {type(pulid).__name__} holding {type(model).__name__}"
-        )
+        raise ValueError(f"pulid must be the PuLID model handle from 'Load PuLID-Flux Model' (a PulidFlux holding a "
+                         f"PulidFluxModel), got {type(pulid).__name__} holding {type(model).__name__}")
     return model
 
 

@@ -12,10 +12,8 @@ def check_window(start_percent: float, end_percent: float, start_step: int) -> t
         if not isinstance(p, (int, float)) or not math.isfinite(p) or not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}={p!r} must be a number between 0.0 and 1.0 (fraction of the schedule)")
     if start_percent > end_percent:
-        raise ValueError(
-            f"start_percent={start_percent!r} is after end_percent={end_percent!r}: the ID would never be "
-            f"applied; set start_percent <= end_percent"
-        )
+        raise ValueError(f"start_percent={start_percent!r} is after end_percent={end_percent!r}: the ID would never be "
+                         f"applied; set start_percent <= end_percent")
     if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"start_step={start_step!r} must be an integer >= 0 (official default 0, photoreal 4)")
     return float(start_percent), float(end_percent), int(start_step)
