@@ -1,9 +1,5 @@
 """Reference images -> the inputs of the PuLID ID encoder: insightface (detection + ArcFace), facexlib
-(alignment + BiSeNet parsing) and the EVA02-CLIP vision tower, in the official order.
-
-Imports only torch and numpy at import time (the face libraries and timm when a loader runs), never
-ComfyUI nor ``pulid``, and never downloads: the nodes pass folders, files and state dicts in.
-"""
+(alignment + BiSeNet parsing) and the EVA02-CLIP vision tower, in the official order."""
 
 from .errors import EvaCheckpointError, FaceNotFoundError, ImageInputError, MissingDependencyError, ModelFilesError
 from .eva_clip import EVA02_CLIP_L_336, EvaVisionConfig, EvaVisionTower, build_eva_clip, check_pulid_tower

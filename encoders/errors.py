@@ -44,10 +44,8 @@ def require(module: str, pip_name: str | None = None):
         return importlib.import_module(module)
     except ImportError as e:
         pkg = pip_name or module.split(".")[0]
-        raise MissingDependencyError(
-            f"PuLID-Flux needs the Python package {pkg!r} (import {module!r} failed: {e}); "
-            f"install it into ComfyUI's Python with: python -m pip install {pkg}"
-        ) from e
+        raise MissingDependencyError(f"PuLID-Flux needs the Python package {pkg!r} (import {module!r} failed: {e}); "
+                                     f"install it into ComfyUI's Python with: python -m pip install {pkg}") from e
 
 
 def shared(key: tuple, build):

@@ -1,12 +1,4 @@
-"""facexlib: 5-point FFHQ alignment to 512x512 and BiSeNet face parsing.
-
-The alignment is that of facexlib's ``FaceRestoreHelper`` as the official code calls it
-(``get_face_landmarks_5(only_center_face=True)`` + ``align_warp_face``): RetinaFace at threshold 0.97, the
-face closest to the image centre, LMEDS similarity onto the FFHQ-512 template, constant gray border. Given
-insightface's faces, it aligns facexlib's detection of the chosen one instead, so that ArcFace and EVA-CLIP
-see the same person (the official centre face can be another person in a group photo).
-ParseNet, which that helper also loads but PuLID never uses, is not needed.
-"""
+"""facexlib: 5-point FFHQ alignment to 512x512 and BiSeNet face parsing."""
 
 from __future__ import annotations
 
@@ -17,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import ModelFilesError, require, shared
+from .features import aligned_to_tensor
 
 DETECTION_FILE = "detection_Resnet50_Final.pth"  # facexlib init_detection_model('retinaface_resnet50')
 PARSING_FILE = "parsing_bisenet.pth"  # facexlib init_parsing_model('bisenet')
@@ -31,7 +24,6 @@ ALIGN_BORDER_VALUE = (135, 133, 132)  # warpAffine borderValue in align_warp_fac
 FACEXLIB_DET_THRESHOLD = 0.97  # get_face_landmarks_5: detect_faces(img, 0.97)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # parsing input normalisation (official get_id_embedding)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 
 def _check_files(folder: str, need_detector: bool) -> None:
@@ -65,12 +57,7 @@ class FaceAligner:
         return self._detector
 
     def detect_landmarks(self, bgr: np.ndarray, boxes: np.ndarray | None = None, chosen: int = 0) -> np.ndarray | None:
-        """5 landmarks (5, 2) in image pixels of one of facexlib's faces (confidence >= 0.97), or None.
-
-        Without ``boxes``: the face whose bbox centre is nearest the image centre (official). With ``boxes``
-        (insightface's faces, (n, 4) x1 y1 x2 y2): facexlib's detection of ``boxes[chosen]``, i.e. whose
-        centre lies in that box and is nearer its centre than any other box's; None when there is none.
-        """
+        """5 landmarks (5, 2) in image pixels of one of facexlib's faces (confidence >= 0.97), or None."""
         with torch.no_grad():
             dets = np.asarray(self.detector.detect_faces(bgr, FACEXLIB_DET_THRESHOLD))  # (n, 15): box, score, 5 pts
         if dets.ndim != 2 or dets.shape[0] == 0:
@@ -97,8 +84,7 @@ class FaceAligner:
 
     def parse(self, aligned_bgr: np.ndarray) -> torch.Tensor:
         """BiSeNet labels of the aligned face: (512, 512) int64 on the CPU (19 CelebAMask-HQ classes)."""
-        rgb = torch.from_numpy(np.ascontiguousarray(aligned_bgr[:, :, ::-1])).permute(2, 0, 1).float() / 255.0
-        x = rgb.unsqueeze(0).to(self.device)  # (1, 3, 512, 512) in [0, 1]
+        x = aligned_to_tensor(aligned_bgr).to(self.device)  # (1, 3, 512, 512) in [0, 1]
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         with torch.no_grad():
@@ -121,11 +107,7 @@ def match_box(dets: np.ndarray, boxes: np.ndarray, chosen: int) -> int | None:
 def load_face_aligner(
     folder: str | os.PathLike, *, device: torch.device | str = "cpu", need_detector: bool = True
 ) -> FaceAligner:
-    """facexlib models from ``folder`` (files checked first; nothing is downloaded).
-
-    ``need_detector=False`` allows a folder without detection_Resnet50_Final.pth when only the
-    ``insightface`` alignment source is used. Shared while alive (same folder + device = same object).
-    """
+    """facexlib models from ``folder`` (files checked first; nothing is downloaded)."""
     folder = os.path.abspath(os.fspath(folder))
     _check_files(folder, need_detector)
     aligner = shared(("facexlib", os.path.realpath(folder), str(torch.device(device))),

@@ -41,9 +41,7 @@ class DetectedFace:
 
 
 def choose_face(faces: list[DetectedFace], rule: str = "largest", index: int = 0) -> int:
-    """Index into ``faces`` of the face to use. ``largest``: by bbox area, largest first; index 0 is the official
-    ``sorted(..., key=area)[-1]`` (ties: the last of the tied faces in detection order). ``left_to_right``: by
-    bbox left edge."""
+    """Index into ``faces`` of the face to use."""
     if rule == "largest":
         order = list(reversed(sorted(range(len(faces)), key=lambda i: faces[i].area)))
     elif rule == "left_to_right":
@@ -56,9 +54,7 @@ def choose_face(faces: list[DetectedFace], rule: str = "largest", index: int = 0
 
 
 def onnx_providers(choice: str = "auto") -> list[str]:
-    """onnxruntime providers for a loader choice (PROVIDER_CHOICES). 'auto' and 'CPU': the CPU only (these models
-    run once per reference image, and a GPU provider's memory arena holds VRAM ComfyUI can neither see nor free);
-    another: that provider, then the CPU (the CPU alone, with a warning, if this onnxruntime lacks it)."""
+    """onnxruntime providers for a loader choice (PROVIDER_CHOICES)."""
     global _logged_providers
     if choice not in PROVIDER_CHOICES:
         raise ValueError(f"onnxruntime provider {choice!r}: use one of {PROVIDER_CHOICES}")

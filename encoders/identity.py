@@ -1,10 +1,4 @@
-"""``encode_identity``: reference images -> id_cond and EVA hidden states, the inputs of the ID encoder.
-
-Per image, in the official order (pipeline_flux.py PuLIDPipeline.get_id_embedding): RGB uint8, long side
-<= 1024 -> BGR -> insightface faces (rule-chosen face, raw ArcFace embedding) and facexlib alignment
-(512 FFHQ crop of facexlib's detection of that same face) -> BiSeNet parsing -> white background, gray face -> resize + normalise -> EVA tower
-(pooled, hidden taps). ArcFace falls back to the aligned crop when insightface finds no face.
-"""
+"""``encode_identity``: reference images -> id_cond and EVA hidden states, the inputs of the ID encoder."""
 
 from __future__ import annotations
 
@@ -106,11 +100,7 @@ def _prepare_face(rgb: np.ndarray, index: int, face_analyzer, aligner, face_rule
 def encode_identity(images, *, face_analyzer, aligner, eva, face_rule: str = "largest", face_index: int = 0,
                     align_source: str = "facexlib", antialias: bool = DEFAULT_ANTIALIAS,
                     progress: Callable[[int, int], None] | None = None) -> IdentityResult:
-    """A ComfyUI IMAGE batch -> ``IdentityResult``, one row per image (fusing references is the caller's).
-
-    ``eva`` is the EVA tower, already on its compute device. A failing image raises (ImageInputError,
-    FaceNotFoundError, RuntimeError) naming its index; no image is ever dropped silently.
-    """
+    """A ComfyUI IMAGE batch -> ``IdentityResult``, one row per image (fusing references is the caller's)."""
     if align_source not in ALIGN_SOURCES:
         raise ValueError(f"align_source {align_source!r}: use one of {ALIGN_SOURCES}")
     if face_rule not in FACE_RULES or face_index < 0:

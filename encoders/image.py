@@ -1,8 +1,4 @@
-"""A ComfyUI IMAGE batch -> RGB uint8 arrays, as the official app feeds its face pipeline.
-
-Accepted: IMAGE tensors (batch, height, width, 3) float in [0, 1], or 4 channels (RGBA, composited over
-white: a transparent background becomes the white PuLID background anyway).
-"""
+"""A ComfyUI IMAGE batch -> RGB uint8 arrays, as the official app feeds its face pipeline."""
 
 from __future__ import annotations
 

@@ -1,21 +1,8 @@
-"""The sampler run as PuLID sees it: each cond list's role, each model call's step, the official CFG start.
-
-One `Runner` per MODEL holds the timing of every Apply on it (a chained Apply replaces it with one more
-`Spec`) and is two wrappers, with the same calls in ComfyUI 0.3.64 and 0.33:
-* SAMPLER_SAMPLE: makes the run's private state from the guider's processed conds (roles, pulid/plan.py) and
-  the schedule, and wraps the per-step callback: calls made before `callback(i)` are step i.
-* CALC_COND_BATCH: hands its model calls the role of each evaluated list, the step and the step's sigma (read
-  once per step) in a copy of `model_options["transformer_options"]`, and applies the CFG start.
-
-CFG start (official `timestep_to_start_cfg`): before the run's start step the negative pass is not made and its
-slot gets the prediction of the list it is contrasted with (positive; DualCFG regular: middle), i.e. the
-guider's formula at the negative's scale 1. Other guiders run unchanged. The run's start step is the smallest
-`cfg_start_step` among the Applies whose ID acts in the run (none: no CFG start). See docs/design.md.
-"""
+"""The sampler run as PuLID sees it: each cond list's role, each model call's step, the official CFG start."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from comfy.patcher_extension import WrappersMP
 
@@ -24,7 +11,6 @@ from ..pulid.schedule import acts_in_run, sigma_window
 
 RUN_KEY = "pulid_flux_run"  # wrapper key, and transformer_options key of the run state
 CALL_KEY = "pulid_flux_call"  # transformer_options key of the calc_cond_batch in progress
-CFG_WRAPPER_KEY = RUN_KEY
 DEFAULT_CFG_START_STEP = 1  # official generate_image / denoise default timestep_to_start_cfg
 _PARTNER = {frozenset({"positive", "negative"}): "positive", frozenset({"positive", "middle", "negative"}): "middle"}
 
@@ -132,12 +118,3 @@ def add_run_spec(model, percents: tuple[float, float], start_step: int, cfg_star
     spec = Spec(tuple(percents), start_step, check_cfg_start_step(cfg_start_step))
     return _set_runner(model, Runner((*(runner.specs if runner else ()), spec)))
 
-
-def set_cfg_start(model, start_step: int, id_percents: tuple[float, float] = (0.0, 1.0), id_start_step: int = 0):
-    """Set the CFG start of the last Apply on `model` (a clone it owns, e.g. what apply_pulid_flux returned);
-    on a model without Apply, add one timing (id_percents, id_start_step) with it. 0: ComfyUI's CFG."""
-    start_step = check_cfg_start_step(start_step)
-    runner = _runner(model)
-    if runner is None:
-        return add_run_spec(model, id_percents, id_start_step, start_step)
-    return _set_runner(model, Runner((*runner.specs[:-1], replace(runner.specs[-1], cfg_start=start_step))))

@@ -1,5 +1,4 @@
-"""Input checks of apply_pulid_flux. Accepted: Flux.1 and Chroma (isinstance on comfy.model_base and the diffusion
-model classes) whose depths give the PuLID model's CA count (docs/design.md, "Accepted models")."""
+"""Input checks of apply_pulid_flux."""
 
 from __future__ import annotations
 
@@ -25,10 +24,8 @@ def check_pulid(pulid) -> PulidFluxModel:
     """The PulidFluxModel of a PulidFlux handle (`.model`, `.wrap`, `.name`)."""
     model = getattr(pulid, "model", None)
     if not isinstance(model, PulidFluxModel) or not callable(getattr(pulid, "wrap", None)):
-        raise ValueError(
-            f"pulid must be the PuLID model handle from 'PuLID-Flux Load Model' (a PulidFlux holding a "
-            f"PulidFluxModel), got {type(pulid).__name__} holding {type(model).__name__}"
-        )
+        raise ValueError(f"pulid must be the PuLID model handle from 'PuLID-Flux Load Model' (a PulidFlux holding a "
+                         f"PulidFluxModel), got {type(pulid).__name__} holding {type(model).__name__}")
     return model
 
 

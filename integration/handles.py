@@ -51,8 +51,7 @@ class EvaClipModel:
 
 
 class PulidFlux:
-    """One loaded PuLID-Flux file: `model` (weights on the offload device), `name` (for messages) and
-    `encoder_patcher` (the IDFormer, what Encode loads; sampling loads only the ID tables built with `wrap`)."""
+    """One loaded PuLID-Flux file."""
 
     def __init__(self, model: PulidFluxModel, name: str = "PuLID-Flux model"):
         self.model, self.name = model, name

@@ -1,25 +1,4 @@
-"""PuLID-Flux through ComfyUI's own patch API: the only module that knows the block-patch contract.
-
-Contract used (the same in ComfyUI 0.3.64 and 0.33):
-* `transformer_options["patches_replace"]["dit"][("double_block", i)](args, extra) -> {"img", "txt", ...}`
-  and `[("single_block", i)](args, extra) -> {"img", ...}`; `extra["original_block"](args)` runs the real
-  block. A double block's `img` is the main-image tokens, then Kontext reference tokens; a single block's
-  sequence is text, main image, references. Core passes the call's `transformer_options` in `args`;
-  third-party forwards (step caches) may not, so the plan also sits in a thread-local slot.
-* The APPLY_MODEL wrapper runs once per model call, outside a `torch.compile`d diffusion model, with the
-  latent `x`, the sigma `t`, the call's `transformer_options` (`cond_or_uncond`: rows [k*B:(k+1)*B] belong to
-  the k-th evaluated cond list; integration/cfg.py's run wrapper adds each list's role, the call's step and
-  the step's sigma) and the extra conds (`ref_latents`). `executor.class_obj` is the model_base object.
-
-Placement is the official one: after double blocks 0, 2, 4, ... and single blocks 0, 4, 8, ...
-(`config.ca_layout`), `img = img + weight * CA(id, img)` on the main-image tokens only.
-
-State: an Apply holds immutable objects shared by clones (`__deepcopy__` returns self). Each model call gets
-its own plan (pulid/plan.py), handed to the blocks in the call's transformer_options, so concurrent calls
-(threads, multi-GPU clones) never share state. Under `torch.compile` every row is computed and the gate zeroes
-the rows without ID, so a run at one resolution traces once whatever the step; in eager mode rows without ID
-cost nothing.
-"""
+"""PuLID-Flux through ComfyUI's own patch API: the only module that knows the block-patch contract."""
 
 from __future__ import annotations
 
@@ -37,7 +16,7 @@ from torch import Tensor
 
 from ..pulid.fold import PreparedID, prepare_id
 from ..pulid.plan import COND, UNCOND, add_id, make_plan, row_entries
-from ..pulid.regional import check_mask, check_mask_batch, grid_tokens, token_grid, token_weights
+from ..pulid.regional import check_mask, check_mask_batch, token_grid, token_weights
 from ..pulid.schedule import check_window, is_active, sigma_window
 from .cfg import CALL_KEY, add_run_spec
 from .guard import check_embedding, check_flux_model, check_pulid, check_weight
@@ -95,7 +74,7 @@ def _new_plan(applied: _AppliedID, active: bool, roles: tuple, rows: int, latent
                         lambda: token_weights(applied.mask, grid, device, table.compute_dtype, latent))
     entries = row_entries(roles, batch, n_cond, applied.uncond_mode)
     return make_plan(entries, active, applied.weight, table.entries, table.compute_dtype, device, weights,
-                     len(roles), grid_tokens(grid), n_ref)
+                     len(roles), math.prod(grid), n_ref)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -190,15 +169,7 @@ class _BlockPatch:
 # --------------------------------------------------------------------------------------- entry point
 def apply_pulid_flux(model, pulid, identity, *, weight=1.0, start_percent=0.0, end_percent=1.0, start_step=0,
                      uncond_mode="uncond_id", mask=None, folded=None, cfg_start_step=0):
-    """Return a clone of the Flux / Chroma MODEL `model` with the PuLID ID cross-attention (never mutates it).
-
-    pulid: the PulidFlux handle (`.model`, `.wrap`, `.name`). identity: an IDEmbedding (tokens (N, T, id_dim),
-    uncond (1, T, id_dim)). uncond_mode: what the negative (CFG > 1) rows
-    get: 'uncond_id' (official), 'none' or 'same'. mask: optional MASK (B, H, W) / (H, W) limiting the ID to a
-    region. folded: None picks the cheaper form (pulid.fold.choose_folded); True / False force folded / unfolded.
-    cfg_start_step: the official true-CFG start of this Apply (integration/cfg.py; 0: ComfyUI's CFG).
-    weight == 0 returns `model` itself, whatever the other inputs (a weight-0 apply is a bypass, as in the node).
-    """
+    """Return a clone of the Flux / Chroma MODEL `model` with the PuLID ID cross-attention (never mutates it)."""
     weight = check_weight(weight)
     if weight == 0.0:
         return model

@@ -30,19 +30,11 @@ class PerceiverAttentionCA(nn.Module):
         self.to_out = ops.Linear(inner, dim, bias=False, device=device, dtype=dtype)
 
 
-class PerceiverAttention(nn.Module):
-    """IDFormer layer: latents attend to cat(context, latents)."""
+class PerceiverAttention(PerceiverAttentionCA):
+    """IDFormer layer: latents attend to cat(context, latents); norm1 on the context, norm2 on the latents."""
 
     def __init__(self, dim: int, dim_head: int = 64, heads: int = 16, operations=None, device=None, dtype=None):
-        super().__init__()
-        ops = operations or nn
-        inner = dim_head * heads
-        self.heads = heads
-        self.norm1 = ops.LayerNorm(dim, device=device, dtype=dtype)  # on the context
-        self.norm2 = ops.LayerNorm(dim, device=device, dtype=dtype)  # on the latents
-        self.to_q = ops.Linear(dim, inner, bias=False, device=device, dtype=dtype)
-        self.to_kv = ops.Linear(dim, inner * 2, bias=False, device=device, dtype=dtype)
-        self.to_out = ops.Linear(inner, dim, bias=False, device=device, dtype=dtype)
+        super().__init__(dim, dim_head, heads, dim, operations=operations, device=device, dtype=dtype)
 
     def forward(self, context: Tensor, latents: Tensor) -> Tensor:
         """context (B, N_ctx, dim), latents (B, N_lat, dim) -> (B, N_lat, dim)."""

@@ -1,9 +1,4 @@
-"""The numbers of the PuLID-Flux architecture, each named once.
-
-Values are those of the official code (ToTheBeginning/PuLID @ 1aa2fc7): flux/util.py (Flux.1 geometry),
-pulid/pipeline_flux.py PuLIDPipeline.__init__ (CA placement and sizes), pulid/encoders_transformer.py
-IDFormer.__init__ (ID encoder sizes).
-"""
+"""The numbers of the PuLID-Flux architecture, each named once."""
 
 from __future__ import annotations
 
@@ -68,10 +63,8 @@ class CALayout:
 def ca_layout(double_depth: int, single_depth: int, double_interval: int = PulidFluxConfig.double_interval,
               single_interval: int = PulidFluxConfig.single_interval) -> CALayout:
     if min(double_depth, single_depth) < 0 or min(double_interval, single_interval) < 1:
-        raise ValueError(
-            f"invalid Flux geometry: depths ({double_depth}, {single_depth}) must be >= 0 and "
-            f"intervals ({double_interval}, {single_interval}) >= 1"
-        )
+        raise ValueError(f"invalid Flux geometry: depths ({double_depth}, {single_depth}) must be >= 0 and "
+                         f"intervals ({double_interval}, {single_interval}) >= 1")
     n_double = math.ceil(double_depth / double_interval)
     double = {k * double_interval: k for k in range(n_double)}
     single = {k * single_interval: n_double + k for k in range(math.ceil(single_depth / single_interval))}

@@ -1,9 +1,4 @@
-"""IDFormer: ArcFace + EVA-CLIP features -> 32 ID tokens (official pulid/encoders_transformer.py IDFormer).
-
-The official class hard-codes the widths of its input MLPs; here they are constructor arguments
-(`id_in_dim`, `vit_dim`, `mapping_hidden`) so that the same module loads the official checkpoint and small
-test ones. The layer layout, and so every state-dict key, is the official one.
-"""
+"""IDFormer: ArcFace + EVA-CLIP features -> 32 ID tokens (official pulid/encoders_transformer.py IDFormer)."""
 
 from __future__ import annotations
 

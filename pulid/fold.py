@@ -1,6 +1,4 @@
-"""ID tables: the ID cross-attentions (CAs) of one identity, prepared once, as the module sampling hands to ComfyUI.
-FoldedID: softmax(x̂ A + b) C from tables folded out of the CA weights and the ID tokens; ReferenceID: the
-unfolded form. Entries 0..N-1 are the cond identities, entry N the uncond ID (docs/design.md, "Folding")."""
+"""ID tables: the ID cross-attentions (CAs) of one identity, prepared once, as the module sampling hands to ComfyUI."""
 
 from __future__ import annotations
 
@@ -77,8 +75,7 @@ def _pad(t: Tensor, tokens: int, dim: int, value: float) -> Tensor:
 
 
 class _IDTable(nn.Module):
-    """What the block patches read of either table. Its tensors are cast to the call's device and to
-    `compute_dtype` (fixed when built) wherever ComfyUI left them."""
+    """What the block patches read of either table."""
 
     def __init__(self, dtype: torch.dtype, lead: Tensor):
         super().__init__()

@@ -1,5 +1,4 @@
-"""The PuLID-Flux model of one checkpoint: `pulid_encoder.` (IDFormer) and `pulid_ca.` (the Flux ID
-cross-attentions), every size read from the shapes and loaded strictly without a second copy."""
+"""The PuLID-Flux model of one checkpoint."""
 
 from __future__ import annotations
 
@@ -83,10 +82,7 @@ def _indices(keys, pattern: str) -> list[int]:
 
 
 def infer_architecture(sd: Mapping[str, Tensor], source: str) -> tuple[dict, dict, int]:
-    """Constructor arguments (IDFormer, CA) and the CA count from a state dict's shapes.
-
-    The attention head width is not visible in shapes (only heads * dim_head); the official one is used.
-    """
+    """Constructor arguments (IDFormer, CA) and the CA count from a state dict's shapes."""
     keys = list(sd)
     ours = [k for k in keys if k.startswith((ENCODER_PREFIX, CA_PREFIX))]
     if not ours:

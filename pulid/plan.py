@@ -1,12 +1,4 @@
-"""One model call's PuLID plan (which rows get which ID entry, with what gate) and the ID term. Plain torch.
-
-The role rule, written here once: the guider's `negative` (CFGGuider / KSampler, DualCFGGuider,
-PerpNegGuider) and `empty_negative_prompt` play the unconditional role; every other conditioning it holds
-(`positive`, DualCFG's `middle`) the cond role. A list the guider does not hold takes the role of the guider
-list its entries' uuids come from, else the unconditional role (the PerpNeg node's empty conditioning: core
-passes the guider's own lists for every pass on the positive). Cond rows get the cond ID; unconditional rows the
-uncond ID ('uncond_id'), the cond ID ('same') or nothing ('none').
-"""
+"""One model call's PuLID plan (which rows get which ID entry, with what gate) and the ID term. Plain torch."""
 
 from __future__ import annotations
 

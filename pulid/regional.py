@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,7 +52,3 @@ def token_weights(mask: Tensor, grid: tuple[int, int], device, dtype,
 def token_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
     """Token grid of a latent (h, w) under Flux's patchify with padding (comfy/ldm/flux/model.py _forward)."""
     return (height + patch_size // 2) // patch_size, (width + patch_size // 2) // patch_size
-
-
-def grid_tokens(grid: tuple[int, int] | None) -> int | None:
-    return None if grid is None else math.prod(grid)

@@ -1,19 +1,4 @@
-"""When the ID cross-attention runs: a sigma window and the official integer start step.
-
-Pure helpers; the ComfyUI `model_sampling` object enters only as an argument.
-
-* The window is given as percents of the model's noise scale and converted to sigmas with the
-  model_sampling in force *at sampling time* (so a ModelSamplingFlux placed after the PuLID node still gates
-  right). Active when ``sigma_end <= sigma <= sigma_start`` (the convention of ComfyUI's own percent gates);
-  start_percent 0 has no upper bound (a custom schedule may start above the model's largest sigma) and
-  end_percent 1 no lower bound. Being sigmas, the percents mean the same noise levels whatever part of the
-  schedule one sampler runs (split sampling, denoise < 1).
-* ``start_step`` is the official semantics (official flux/sampling.py denoise): the ID is given to the
-  model calls of step ``i`` only when ``i >= start_step``. The integration decides the step of a call (the
-  step the sampler reports when it ends, see docs/design.md) and gates every call of that step with the
-  step's sigma, the one its first call runs at. Steps count from each sampler run's first step: a second
-  sampler of a split run, or a run with denoise < 1, starts again at step 0.
-"""
+"""When the ID cross-attention runs: a sigma window and the official integer start step."""
 
 from __future__ import annotations
 
@@ -27,10 +12,8 @@ def check_window(start_percent: float, end_percent: float, start_step: int) -> t
         if not isinstance(p, (int, float)) or not math.isfinite(p) or not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}={p!r} must be a number between 0.0 and 1.0 (fraction of the schedule)")
     if start_percent > end_percent:
-        raise ValueError(
-            f"start_percent={start_percent!r} is after end_percent={end_percent!r}: the ID would never be "
-            f"applied; set start_percent <= end_percent"
-        )
+        raise ValueError(f"start_percent={start_percent!r} is after end_percent={end_percent!r}: the ID would never be "
+                         f"applied; set start_percent <= end_percent")
     if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"start_step={start_step!r} must be an integer >= 0 (official default 0, photoreal 4)")
     return float(start_percent), float(end_percent), int(start_step)

@@ -6,6 +6,7 @@ start step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -20,12 +21,29 @@ import _tiny_flux as T  # noqa: E402
 from comfy.patcher_extension import WrappersMP  # noqa: E402
 from einops import rearrange  # noqa: E402
 
-from comfyui_pulid_flux.integration.cfg import CFG_WRAPPER_KEY, set_cfg_start  # noqa: E402
+from comfyui_pulid_flux.integration.cfg import RUN_KEY as CFG_WRAPPER_KEY  # noqa: E402
+from comfyui_pulid_flux.integration.cfg import (  # noqa: E402
+    Runner,
+    _runner,
+    _set_runner,
+    add_run_spec,
+    check_cfg_start_step,
+)
 from comfyui_pulid_flux.integration.patch import apply_pulid_flux  # noqa: E402
 from comfyui_pulid_flux.pulid import fold  # noqa: E402
 from comfyui_pulid_flux.pulid.embedding import IDEmbedding  # noqa: E402
 
 ATOL, RTOL = 1e-5, 1e-4  # Flux in fp32, as the other golden tests
+
+
+def set_cfg_start(model, start_step: int, id_percents=(0.0, 1.0), id_start_step: int = 0):
+    """Set the CFG start of the last Apply on `model` (a clone it owns); on a model without Apply, add one
+    timing (id_percents, id_start_step) with it. 0: ComfyUI's CFG. Test helper over integration/cfg.py."""
+    start_step = check_cfg_start_step(start_step)
+    runner = _runner(model)
+    if runner is None:
+        return add_run_spec(model, id_percents, id_start_step, start_step)
+    return _set_runner(model, Runner((*runner.specs[:-1], dataclasses.replace(runner.specs[-1], cfg_start=start_step))))
 
 
 def pack(x, g):

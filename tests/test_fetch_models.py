@@ -22,7 +22,7 @@ spec = importlib.util.spec_from_file_location("pulid_install_models", ROOT / "in
 install = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = install
 spec.loader.exec_module(install)
-table = install._fetch_models().load_table()
+table = install.load_table()
 
 
 def stand_ins(**sizes) -> tuple[dict[str, bytes], list]:
@@ -275,7 +275,7 @@ def test_table_and_fetcher_import_only_the_standard_library():
     """install.py loads them by path before / without ComfyUI: no comfy, folder_paths, torch, or pack import."""
     import ast
 
-    for path in (ROOT / "nodes" / "model_files.py", ROOT / "fetch_models.py", ROOT / "install.py"):
+    for path in (ROOT / "nodes" / "model_files.py", ROOT / "install.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert node.level == 0, f"{path.name}: relative import"

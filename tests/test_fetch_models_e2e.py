@@ -57,7 +57,7 @@ def test_empty_models_folder_to_first_image_after_the_one_command(tmp_path):
 
     comfy = ensure_comfy_models(CACHE_DIR)
     install = _install()
-    data, files = _stand_ins(install._fetch_models().load_table(), ensure_pack_models(CACHE_DIR))
+    data, files = _stand_ins(install.load_table(), ensure_pack_models(CACHE_DIR))
     base = tmp_path / "base"
     user_flux = {"base_path": str(CACHE_DIR), "diffusion_models": "comfy/diffusion_models", "vae": "comfy/vae",
                  "text_encoders": "comfy/text_encoders"}

@@ -1,10 +1,4 @@
-"""EVA02-CLIP vision weights of any supported layout -> the tower.
-
-Layouts: the official ``EVA02_CLIP_L_336_psz14_s6B.pt`` (``visual.<eva_clip key>`` + ``text.*`` +
-``logit_scale``), open_clip's EVA02-L-14-336 (``visual.trunk.<timm key>`` + text keys), or bare timm keys.
-Everything outside the vision tower is dropped, the RoPE buffers too (recomputed, as the official loader
-does); every other key is renamed to timm's names and must match the tower exactly.
-"""
+"""EVA02-CLIP vision weights of any supported layout -> the tower."""
 
 from __future__ import annotations
 
@@ -22,13 +16,9 @@ log = logging.getLogger(__name__)
 # eva_clip name -> timm name inside a block (timm eva.py checkpoint_filter_fn). A name that does not end
 # in "." is a whole-key suffix; one that does is a module path segment.
 NAME_PAIRS = (
-    (".attn.q_bias", ".attn.q_proj.bias"),
-    (".attn.v_bias", ".attn.v_proj.bias"),
-    (".attn.inner_attn_ln.", ".attn.norm."),
-    (".mlp.w1.", ".mlp.fc1_g."),
-    (".mlp.w2.", ".mlp.fc1_x."),
-    (".mlp.ffn_ln.", ".mlp.norm."),
-    (".mlp.w3.", ".mlp.fc2."),
+    (".attn.q_bias", ".attn.q_proj.bias"), (".attn.v_bias", ".attn.v_proj.bias"),
+    (".attn.inner_attn_ln.", ".attn.norm."), (".mlp.w1.", ".mlp.fc1_g."), (".mlp.w2.", ".mlp.fc1_x."),
+    (".mlp.ffn_ln.", ".mlp.norm."), (".mlp.w3.", ".mlp.fc2."),
 )
 _RENAMES = tuple((re.compile(re.escape(a) + ("" if a.endswith(".") else "$")), b) for a, b in NAME_PAIRS)
 _ROPE = re.compile(r"(^|\.)rope\.freqs_(cos|sin)$")

@@ -1,8 +1,4 @@
-"""EVA02-CLIP vision tower sizes.
-
-The tower is timm's ``Eva`` in its ``eva02_large_patch14_clip_336`` form (the module open_clip wraps as
-``visual.trunk``); a config of this class overrides its sizes, so small test towers run the same code.
-"""
+"""EVA02-CLIP vision tower sizes."""
 
 from __future__ import annotations
 

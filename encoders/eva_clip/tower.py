@@ -1,10 +1,4 @@
-"""EVA02-CLIP vision tower: timm's ``Eva`` trunk plus the five PuLID hidden-state taps.
-
-``EvaVisionTower.forward(x)`` returns ``(pooled, hidden)``: ``pooled`` = head(norm(x)[:, 0]) (B, embed_dim)
-and ``hidden`` = the residual stream entering blocks 4, 8, 12, 16, 20, raw, cls token included,
-5 x (B, 1 + grid², width). The trunk is built through timm's public ``create_model`` (the registered
-``eva02_large_patch14_clip_336`` with size overrides), with fused SDPA attention forced on.
-"""
+"""EVA02-CLIP vision tower: timm's ``Eva`` trunk plus the five PuLID hidden-state taps."""
 
 from __future__ import annotations
 
@@ -27,16 +21,6 @@ def _create_trunk(config: EvaVisionConfig) -> nn.Module:
         return timm.create_model(TIMM_MODEL_NAME, pretrained=False, **config.timm_kwargs())
 
 
-def _init_non_persistent_buffers(module: nn.Module) -> int:
-    n = 0
-    for m in module.modules():
-        init = getattr(m, "init_non_persistent_buffers", None)
-        if callable(init):
-            init()
-            n += 1
-    return n
-
-
 class EvaVisionTower(nn.Module):
     """The vision tower. Build with ``EvaVisionTower(config)`` (random init) or ``build_eva_clip(state_dict)``."""
 
@@ -49,10 +33,7 @@ class EvaVisionTower(nn.Module):
 
     @classmethod
     def empty(cls, config: EvaVisionConfig = EVA02_CLIP_L_336) -> EvaVisionTower:
-        """A tower whose parameters live on the meta device (no allocation, no init); RoPE caches are real.
-
-        Use ``load_state_dict(sd, assign=True)`` to give it weights (``build_eva_clip`` does).
-        """
+        """A tower whose parameters live on the meta device (no allocation, no init); RoPE caches are real."""
         with torch.device("meta"):
             trunk = _create_trunk(config)
         tower = cls(config, trunk=trunk)
@@ -63,7 +44,11 @@ class EvaVisionTower(nn.Module):
                 if buf.is_meta:
                     mod.register_buffer(name, torch.empty(buf.shape, dtype=buf.dtype), persistent=False)
                     rebuilt += 1
-        if _init_non_persistent_buffers(tower) == 0 and rebuilt:  # else the RoPE tables stay uninitialised memory
+        inits = [m.init_non_persistent_buffers for m in tower.modules()
+                 if callable(getattr(m, "init_non_persistent_buffers", None))]
+        for init in inits:
+            init()
+        if not inits and rebuilt:  # else the RoPE tables stay uninitialised memory
             raise MissingDependencyError(
                 f"timm {getattr(require('timm'), '__version__', '?')} is too old for the EVA-CLIP tower: its rotary "
                 f"embedding cannot rebuild its buffers; upgrade it in ComfyUI's Python with: "
