@@ -32,7 +32,7 @@ def run(pipe, prompt, seed=0, **kw):
 @torch.no_grad()
 def test_example_script_runs_on_a_tiny_pipeline(tiny):
     pipe, pm = tiny
-    spec = importlib.util.spec_from_file_location("example", ROOT / "examples" / "diffusers_pulid_flux.py")
+    spec = importlib.util.spec_from_file_location("example", ROOT / "diffusers_example" / "diffusers_pulid_flux.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     plain = run(pipe, "a portrait photo of a person")

@@ -51,7 +51,7 @@ def test_fresh_venv_install_runs_the_adapter(tmp_path):
     install_s = time.monotonic() - installed
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COMFYUI_ROOT")}
     run = subprocess.run([python, str(ROOT / "tests" / "_diffusers_tiny.py"),
-                          str(ROOT / "examples" / "diffusers_pulid_flux.py")],
+                          str(ROOT / "diffusers_example" / "diffusers_pulid_flux.py")],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stderr[-3000:]
     where = subprocess.run([python, "-c", "import pulid_flux_id, sys; print(pulid_flux_id.__file__); "
