@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..pulid.config import ca_layout
 from ..pulid.embedding import IDEmbedding
-from ..pulid.fold import FoldedID, ReferenceID, storage_dtype
+from ..pulid.fold import build_table
 from ..pulid.model import PulidFluxModel
 from ..pulid.regional import check_mask, check_mask_batch, token_weights
 
@@ -76,8 +76,7 @@ class PulidFluxAdapter:
         self.mask, self.track_steps = check_mask(mask), track_steps
         self.n_cond, self.has_uncond = identity.tokens.shape[0], identity.uncond is not None
         id_sets = [identity.tokens] + ([identity.uncond] if self.has_uncond else [])
-        build = FoldedID.fold if folded else ReferenceID.build
-        self.table = build(pulid_model, id_sets, storage_dtype(pulid_model))
+        self.table = build_table(pulid_model, id_sets, folded)  # refuses tokens that overflow the tables
         self.call: _Call | None = None
         self._run_ids = self._latents = self._positive = None
         self.step, self.uncond = 0, False

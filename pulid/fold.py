@@ -198,22 +198,11 @@ class PreparedID:
     with_uncond: bool
 
 
-def prepare_id(pulid, tokens: Tensor, uncond: Tensor | None, *, folded: bool | None = None,
-               device=None) -> PreparedID:
-    """The cached PreparedID of (tokens, uncond) for the PulidFlux handle `pulid`, built on `device` (the Flux
-    model's load device; its patcher loads there). folded None: the cheaper form. Refuses an identity whose
-    tokens or tables are not finite."""
-    model = pulid.model
-    tokens_max = max(tokens.shape[1], 0 if uncond is None else uncond.shape[1])
-    folded = choose_folded(model, tokens_max) if folded is None else folded
-    kind = ("folded" if folded else "reference", uncond is not None, None if device is None else str(device))
-    key = None if uncond is None else id(uncond)
-    with _lock:
-        per_tokens = _cache.setdefault(model, {}).setdefault(kind, WeakIdKeyDictionary()).setdefault(tokens, {})
-        hit = per_tokens.get(key)
-        if hit is not None and (uncond is None or hit[1]() is uncond):
-            return hit[0]
-    id_sets = [tokens] if uncond is None else [tokens, uncond]
+def build_table(model: PulidFluxModel, id_sets: list[Tensor], folded: bool | None = None, device=None) -> _IDTable:
+    """The ID table of `id_sets` (cond tokens, then the uncond ID if any), built on `device`. folded None: the
+    cheaper form. Refuses an identity whose tokens or tables are not finite."""
+    if folded is None:
+        folded = choose_folded(model, max(ids.shape[1] for ids in id_sets))
     for name, ids in zip(("ID tokens", "uncond ID tokens"), id_sets):
         check_finite(name, ids, torch.float32)
     dtype = storage_dtype(model)
@@ -224,6 +213,24 @@ def prepare_id(pulid, tokens: Tensor, uncond: Tensor | None, *, folded: bool | N
             f"the identity's tokens (largest |value| {top:.3g}) overflow the ID tables in {dtype}: the ID would give a "
             f"black image; encode the reference images again (ID tokens are of order 1-10) or load another ID file"
         )
+    return table
+
+
+def prepare_id(pulid, tokens: Tensor, uncond: Tensor | None, *, folded: bool | None = None,
+               device=None) -> PreparedID:
+    """The cached PreparedID of (tokens, uncond) for the PulidFlux handle `pulid`, built on `device` (the Flux
+    model's load device; its patcher loads there). folded None: the cheaper form (see `build_table`)."""
+    model = pulid.model
+    tokens_max = max(tokens.shape[1], 0 if uncond is None else uncond.shape[1])
+    folded = choose_folded(model, tokens_max) if folded is None else folded
+    kind = ("folded" if folded else "reference", uncond is not None, None if device is None else str(device))
+    key = None if uncond is None else id(uncond)
+    with _lock:
+        per_tokens = _cache.setdefault(model, {}).setdefault(kind, WeakIdKeyDictionary()).setdefault(tokens, {})
+        hit = per_tokens.get(key)
+        if hit is not None and (uncond is None or hit[1]() is uncond):
+            return hit[0]
+    table = build_table(model, [tokens] if uncond is None else [tokens, uncond], folded, device)
     prepared = PreparedID(table=table, patcher=pulid.wrap(table, device), n_cond=tokens.shape[0],
                           with_uncond=uncond is not None)
     with _lock:

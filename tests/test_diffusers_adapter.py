@@ -145,6 +145,9 @@ def test_clear_errors(tiny, tmp_path):
     other_pm.pulid_ca = other_pm.pulid_ca[:-1]
     with pytest.raises(ValueError, match="cross-attentions"):
         attach(pipe.transformer, other_pm, ident)
+    for folded in (True, False):  # finite tokens that overflow the tables (the ComfyUI Apply's check, shared)
+        with pytest.raises(ValueError, match=r"largest \|value\| 1e\+30\) overflow the ID tables"):
+            attach(pipe.transformer, pm, IDEmbedding(tokens=ident.tokens * 0 + 1e30, uncond=ident.uncond), folded=folded)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pipe.transformer.modules())
     (tmp_path / "antelopev2").mkdir()
     (tmp_path / "antelopev2" / "glintr100.onnx").write_bytes(b"")
